@@ -1,0 +1,40 @@
+"""atmc-plugin: adversarially trained model compression (ATMC) for Torch-Pruning and INC.
+
+Public API: :class:`ATMC` (any training loop), :class:`ATMCConfig` and its sections,
+:func:`wrap` (adapters for the tools' own objects), :data:`hookimpl` and
+:func:`get_plugin_manager` (plugins). Importing the package does nothing else.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .config import ADMMConfig, AttackConfig, ATMCConfig, ConstraintConfig
+from .core import ATMC
+from .errors import ATMCError, ConfigError, InputError, PluginError
+from .plugins import ENTRY_POINT_GROUP, get_plugin_manager, hookimpl
+from .report import CompressionReport
+from .wrap import wrap
+
+try:
+    __version__ = version("atmc-plugin")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0+unknown"
+
+__all__ = [
+    "ATMC",
+    "ENTRY_POINT_GROUP",
+    "ADMMConfig",
+    "ATMCConfig",
+    "ATMCError",
+    "AttackConfig",
+    "CompressionReport",
+    "ConfigError",
+    "ConstraintConfig",
+    "InputError",
+    "PluginError",
+    "__version__",
+    "get_plugin_manager",
+    "hookimpl",
+    "wrap",
+]

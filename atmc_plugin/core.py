@@ -1,0 +1,310 @@
+"""The ATMC object: adversarial examples plus the joint constraint, for any training loop.
+
+::
+
+    atmc = atmc_plugin.ATMC(model, atmc_plugin.ATMCConfig(...), optimizer=optimizer)
+    for x, y in loader:
+        x_adv = atmc.perturb(x, y)
+        loss = criterion(model(x_adv), y) + atmc.penalty()
+        optimizer.zero_grad(); loss.backward(); optimizer.step()  # projections run here
+    atmc.finalize()          # hard projection; later steps keep mask and codebook fixed
+    print(atmc.report())
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .adversary import Adversary, unwrap_model
+from .config import ATMCConfig
+from .engine.admm import ADMMState
+from .engine.factorize import FACTOR_NAMES, factorize, is_factorized
+from .errors import ConfigError, InputError, PluginError
+from .layers import select_layers
+from .plugins import get_plugin_manager
+from .report import CompressionReport, build_report
+
+logger = logging.getLogger(__name__)
+STATE_VERSION = 1
+
+
+class ATMC:
+    """Adversarially trained model compression on a plain PyTorch model.
+
+    Construction validates everything before touching the model: on error the model is
+    unchanged. With ``constraint.factorize`` the selected weights are re-parametrized as
+    ``U V + C`` (create the optimizer afterwards and :meth:`attach` it).
+
+    :param model: the model (a ``DistributedDataParallel`` wrapper is looked through).
+    :param config: the ATMC configuration (default: PGD attack, no constraint).
+    :param optimizer: optional optimizer; projections and ADMM updates then run after each of
+        its steps. Otherwise call :meth:`after_optimizer_step` yourself.
+    :param plugin_manager: plugin manager to use (default: :func:`get_plugin_manager`).
+    :param dense_numel: number of dense weights the density budget refers to (default: the
+        selected layers' weights now). Adapters pass the pre-pruning count.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: ATMCConfig | None = None,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        plugin_manager: Any = None,
+        dense_numel: int | None = None,
+    ) -> None:
+        self.config = config if config is not None else ATMCConfig()
+        if not isinstance(self.config, ATMCConfig):
+            raise ConfigError(f"config must be an ATMCConfig, got {type(config).__name__}.")
+        if not isinstance(model, nn.Module):
+            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        self.model = model
+        self.module = unwrap_model(model)
+        self.plugin_manager = plugin_manager if plugin_manager is not None else get_plugin_manager()
+        constraint = self.config.constraint
+        layers = select_layers(self.module, constraint)
+        if not layers and (constraint.sparse or constraint.quantized):
+            raise ConfigError(
+                f"constraint.include = {list(constraint.include)!r} / exclude = "
+                f"{list(constraint.exclude)!r} select no Conv or Linear layer of "
+                f"{type(self.module).__name__}; widen the patterns."
+            )
+        for name, module in layers:
+            _check_finite(f"{name}.weight", module.weight)
+        self.dense_numel = (
+            int(dense_numel) if dense_numel is not None else sum(m.weight.numel() for _, m in layers)
+        )
+        self.budget = self._budget()
+        projection = self.plugin_manager.hook.atmc_build_projection(config=constraint)
+        if projection is None:
+            raise PluginError("no installed plugin builds a projection for this constraint.")
+        self.projection = projection
+        self.adversary = (
+            Adversary(model, self.config.attack, self.plugin_manager) if self.config.attack else None
+        )
+        # Validation is over: from here on the model may be changed.
+        self.names = self._compressed_names(layers)
+        self.step_count = 0
+        self.frozen = False
+        self.qstates: dict[str, Any] = {}
+        self.masks: dict[str, Tensor] = {}
+        self.admm = ADMMState(self.config.admm.rho)
+        if constraint.quantized:
+            params = self.parameters()
+            self.admm.init(params, self._admm_projector(params))
+        self._hook: Any = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        if optimizer is not None:
+            self.attach(optimizer)
+
+    # -- setup -------------------------------------------------------------------------------
+    def _budget(self) -> int | None:
+        c = self.config.constraint
+        if c.nnz is not None:
+            if c.nnz > self.dense_numel:
+                raise ConfigError(
+                    f"constraint.nnz = {c.nnz} exceeds the {self.dense_numel} weights of the "
+                    "selected layers; lower it or use density."
+                )
+            return c.nnz
+        if c.density is not None:
+            return max(1, round(c.density * self.dense_numel))
+        return None
+
+    def _compressed_names(self, layers: list[tuple[str, nn.Module]]) -> list[str]:
+        names = []
+        for name, module in layers:
+            prefix = f"{name}." if name else ""
+            if self.config.constraint.factorize:
+                if not is_factorized(module):
+                    factorize(module)
+                names += [f"{prefix}parametrizations.weight.{n}" for n in FACTOR_NAMES]
+            else:
+                names.append(f"{prefix}weight")
+        return names
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Run projections and ADMM updates after every ``optimizer.step()``.
+
+        :raises InputError: the optimizer does not train every compressed tensor.
+        """
+        trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        missing = [n for n, p in self.parameters().items() if id(p) not in trained]
+        if missing:
+            raise InputError(
+                f"the optimizer does not train {missing[:3]}{'...' if len(missing) > 3 else ''}; "
+                "create it from model.parameters() after ATMC(...) (factorization replaces the "
+                "weights) and attach it with atmc.attach(optimizer)."
+            )
+        self.detach()
+        self.optimizer = optimizer
+        self._hook = optimizer.register_step_post_hook(
+            lambda _opt, _args, _kwargs: self.after_optimizer_step()
+        )
+
+    def detach(self) -> None:
+        """Stop reacting to the attached optimizer's steps."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self.optimizer = None
+
+    # -- per-batch API -----------------------------------------------------------------------
+    def parameters(self) -> dict[str, nn.Parameter]:
+        """The compressed tensors, by name (resolved anew: survives parameter replacement)."""
+        available = dict(self.module.named_parameters())
+        missing = [n for n in self.names if n not in available]
+        if missing:
+            raise InputError(
+                f"compressed parameters {missing} are no longer in the model; was the model "
+                "changed outside ATMC? Rebuild ATMC for the new model."
+            )
+        params = {n: available[n] for n in self.names}
+        for name, p in params.items():
+            if name in self.admm and self.admm.z[name].device != p.device:
+                self.admm.to(p.device)
+                break
+        return params
+
+    def perturb(self, x: Tensor, y: Tensor) -> Tensor:
+        """Adversarial version of the batch (``x`` itself when no attack is configured)."""
+        if self.adversary is None:
+            return x
+        return self.adversary(x, y)
+
+    def penalty(self) -> Tensor:
+        """ADMM term ``rho / 2 * sum ||W - Z + U||^2`` to add to the loss (0 when unused)."""
+        params = self.parameters()
+        if not self.config.constraint.quantized or self.frozen:
+            device = next(iter(params.values())).device if params else None
+            return torch.zeros((), device=device)
+        return self.admm.penalty(params)
+
+    def after_optimizer_step(self) -> None:
+        """Advance the schedule: sparsity projection and ADMM update when they are due."""
+        params = self.parameters()
+        for name, p in params.items():
+            _check_finite(name, p, step=self.step_count + 1)
+        self.step_count += 1
+        if self.frozen:
+            self._snap_frozen(params)
+            return
+        c, a = self.config.constraint, self.config.admm
+        if c.sparse and self.step_count % a.projection_interval == 0:
+            self.project_sparsity(params)
+        if c.quantized and self.step_count % a.interval == 0:
+            stats = self.admm.update(params, self._admm_projector(params))
+            self.plugin_manager.hook.atmc_after_admm_update(atmc=self, step=self.step_count, stats=stats)
+
+    # -- projections -------------------------------------------------------------------------
+    def project_sparsity(self, params: Mapping[str, nn.Parameter] | None = None) -> dict[str, Any]:
+        """Global top-k projection of the compressed tensors, in place."""
+        params = self.parameters() if params is None else params
+        if self.budget is None:
+            return {}
+        masks, threshold = self.projection.sparsity_masks(list(params.values()), self.budget)
+        with torch.no_grad():
+            for p, m in zip(params.values(), masks, strict=True):
+                p.mul_(m)
+        stats = {
+            "nnz": sum(int(torch.count_nonzero(m)) for m in masks),
+            "budget": self.budget,
+            "threshold": threshold,
+        }
+        self.plugin_manager.hook.atmc_after_projection(atmc=self, step=self.step_count, stats=stats)
+        return stats
+
+    def _admm_projector(self, params: Mapping[str, nn.Parameter]) -> Any:
+        """``Z``-projection: quantize onto the current support of ``W`` (joint feasibility)."""
+        sparse = self.config.constraint.sparse
+
+        def project(name: str, value: Tensor) -> Tensor:
+            mask = (params[name] != 0) if sparse else None
+            return self.projection.quantize(value, mask)[0]  # type: ignore[no-any-return]
+
+        return project
+
+    def finalize(self) -> CompressionReport:
+        """Hard projection ``W <- Quantize(H_k(W))``; afterwards mask and codebooks stay fixed.
+
+        Further optimizer steps (adversarial fine-tuning) snap the weights back onto the frozen
+        support and quantization set. Returns :meth:`report`.
+        """
+        params = self.parameters()
+        for name, p in params.items():
+            _check_finite(name, p)
+        c = self.config.constraint
+        if c.sparse:
+            self.project_sparsity(params)
+        with torch.no_grad():
+            for name, p in params.items():
+                mask = p != 0 if c.sparse else None
+                if mask is not None:
+                    self.masks[name] = mask
+                if c.quantized:
+                    q, qstate = self.projection.quantize(p, mask)
+                    p.copy_(q)
+                    self.qstates[name] = qstate
+        self.frozen = True
+        return self.report()
+
+    def _snap_frozen(self, params: Mapping[str, nn.Parameter]) -> None:
+        with torch.no_grad():
+            for name, p in params.items():
+                if name in self.qstates:
+                    p.copy_(self.projection.snap(p, self.qstates[name]))
+                if name in self.masks:
+                    p.mul_(self.masks[name].to(p.device))
+
+    def report(self) -> CompressionReport:
+        """Non-zeros, distinct values, bits and size ratio of the compressed tensors now."""
+        return build_report(self.parameters(), self.config.constraint.bits, self.dense_numel, self.budget)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Plain tensors and containers: loadable with ``torch.load(weights_only=True)``."""
+        return {
+            "version": STATE_VERSION,
+            "names": list(self.names),
+            "step": self.step_count,
+            "budget": self.budget,
+            "dense_numel": self.dense_numel,
+            "frozen": self.frozen,
+            "admm": self.admm.state_dict(),
+            "qstates": dict(self.qstates),
+            "masks": dict(self.masks),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the compressed tensor names must match."""
+        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
+            raise InputError(
+                "not an ATMC state dict of this version (expected the output of "
+                "ATMC.state_dict())."
+            )
+        if list(state["names"]) != self.names:
+            raise InputError(
+                f"the checkpoint compresses {list(state['names'])[:3]}..., this ATMC compresses "
+                f"{self.names[:3]}...; build ATMC with the same model and config."
+            )
+        self.admm.load_state_dict(state["admm"])
+        self.step_count = int(state["step"])
+        self.budget = state["budget"]
+        self.dense_numel = int(state["dense_numel"])
+        self.frozen = bool(state["frozen"])
+        self.qstates = dict(state["qstates"])
+        self.masks = dict(state["masks"])
+
+
+def _check_finite(name: str, tensor: Tensor, step: int | None = None) -> None:
+    if not bool(torch.isfinite(tensor.detach()).all()):
+        when = f" at step {step}" if step is not None else ""
+        raise InputError(
+            f"parameter {name!r} contains NaN or inf{when}; nothing was projected or modified. "
+            "Training diverged: lower the learning rate or the attack eps."
+        )

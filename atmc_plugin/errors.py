@@ -1,0 +1,32 @@
+"""The exceptions atmc-plugin raises.
+
+Every error a user can cause is an :class:`ATMCError`; the ones caused by a bad value are also
+:class:`ValueError` so that generic ``except ValueError`` handlers keep working.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ATMCError(Exception):
+    """Base class of every error raised by atmc-plugin."""
+
+
+class ConfigError(ATMCError, ValueError):
+    """A configuration value is invalid. The message names the field, the value and the fix."""
+
+
+class InputError(ATMCError, ValueError):
+    """A tensor, model or batch given at run time is unusable (wrong dtype, range, NaN ...)."""
+
+
+class PluginError(ATMCError, LookupError):
+    """No installed plugin can provide what was asked for (attack, projection, adapter)."""
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """Return ``" Did you mean 'x'?"`` for the closest of ``choices``, or ``""`` if none is close."""
+    matches = difflib.get_close_matches(str(value).lower(), sorted(choices), n=1, cutoff=0.5)
+    return f" Did you mean {matches[0]!r}?" if matches else ""
