@@ -66,11 +66,14 @@ def _number(
         value = int(value)
     if not math.isfinite(value):
         raise _fail(section, name, value, "expected a finite number.")
-    if low is not None and (value <= low if low_open else value < low):
-        bound = f"> {low}" if low_open else f">= {low}"
-        raise _fail(section, name, value, f"must be {bound}" + (f" and <= {high}." if high else "."))
-    if high is not None and value > high:
-        raise _fail(section, name, value, f"must be <= {high}.")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and value > high
+    if too_low or too_high:
+        if low is not None and high is not None:
+            rng = f"{'(' if low_open else '['}{low}, {high}]"
+            raise _fail(section, name, value, f"must lie in {rng}.")
+        bound = (f"> {low}" if low_open else f">= {low}") if too_low else f"<= {high}"
+        raise _fail(section, name, value, f"must be {bound}.")
     return value if integer else float(value)
 
 
@@ -317,7 +320,10 @@ class ATMCConfig:
 
     # -- serialization -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """Plain-data form (JSON/TOML friendly). ``layer_filter`` cannot be serialized."""
+        """Plain-data form (JSON/TOML friendly). ``layer_filter`` cannot be serialized.
+
+        A disabled attack is written as ``"attack": false``.
+        """
         if self.constraint.layer_filter is not None:
             raise ConfigError(
                 "constraint.layer_filter is a Python function and cannot be serialized; "
@@ -327,6 +333,7 @@ class ATMCConfig:
         for name in _SECTIONS:
             section = getattr(self, name)
             if section is None:
+                out[name] = False  # TOML has no null: `attack = false` disables the attack
                 continue
             values = {}
             for f in dataclasses.fields(section):

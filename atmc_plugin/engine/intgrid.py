@@ -99,7 +99,11 @@ def apply_grid(w: Tensor, spec: GridSpec, params: list[tuple[Tensor, Tensor]]) -
     blocks, split = _blocks(w.detach(), spec)
     if len(blocks) != len(params):
         raise ValueError(f"expected {len(blocks)} scale blocks, got {len(params)}")
-    snapped = [snap_to_grid(b, s, z, qmin, qmax) for b, (s, z) in zip(blocks, params, strict=True)]
+    recip = spec.scale_rule == "pt2e"
+    snapped = [
+        snap_to_grid(b, s, z, qmin, qmax, reciprocal=recip)
+        for b, (s, z) in zip(blocks, params, strict=True)
+    ]
     if spec.granularity == "group" and split:
         rows = w.shape[0]
         parts = [snapped[0].reshape(rows, split), *snapped[1:]]
@@ -107,8 +111,15 @@ def apply_grid(w: Tensor, spec: GridSpec, params: list[tuple[Tensor, Tensor]]) -
     return snapped[0].reshape(w.shape)
 
 
-def snap_to_grid(rows: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int) -> Tensor:
-    """``(clamp(round(rows / scale) + zero, qmin, qmax) - zero) * scale``, one scale per row."""
+def snap_to_grid(
+    rows: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int, *, reciprocal: bool = False
+) -> Tensor:
+    """``(clamp(round(rows / scale) + zero, qmin, qmax) - zero) * scale``, one scale per row.
+
+    ``reciprocal=True`` multiplies by ``1 / scale`` instead of dividing, as PyTorch's
+    fake-quantize kernels do; the two differ on exact halves, so each rule uses its tool's form.
+    """
     s = scale.unsqueeze(1)
     z = zero.unsqueeze(1)
-    return (torch.clamp(torch.round(rows / s) + z, qmin, qmax) - z) * s
+    scaled = rows * (1.0 / s) if reciprocal else rows / s
+    return (torch.clamp(torch.round(scaled) + z, qmin, qmax) - z) * s
