@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .config import ADMMConfig, AttackConfig, ATMCConfig, ConstraintConfig
+from .config import ADMMConfig, ATMCConfig, AttackConfig, ConstraintConfig
 from .core import ATMC
 from .errors import ATMCError, ConfigError, InputError, PluginError
 from .plugins import ENTRY_POINT_GROUP, get_plugin_manager, hookimpl

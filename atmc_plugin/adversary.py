@@ -30,8 +30,11 @@ _RANGE_TOLERANCE = 1e-5
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside ``DistributedDataParallel`` / ``DataParallel``, else ``model``."""
     inner = getattr(model, "module", None)
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) and inner is not None:
-        return inner  # type: ignore[no-any-return]
+    if (
+        isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel))
+        and inner is not None
+    ):
+        return inner
     return model
 
 
@@ -44,6 +47,9 @@ def model_device(model: nn.Module) -> torch.device:
 class _Normalized(nn.Module):
     """``model((x - mean) / std)``: lets pixel-space attacks drive a normalized-input model."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, model: nn.Module, mean: Tensor, std: Tensor) -> None:
         super().__init__()
         self.model = model
@@ -51,7 +57,8 @@ class _Normalized(nn.Module):
         self.register_buffer("std", std)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model((x - self.mean) / self.std)  # type: ignore[no-any-return]
+        out: Tensor = self.model((x - self.mean) / self.std)
+        return out
 
 
 class Adversary:

@@ -21,23 +21,30 @@ def atmc_attack_names() -> list[str]:
 
 
 @hookimpl(trylast=True)
-def atmc_build_attack(model: nn.Module, config: AttackConfig) -> Callable[[Tensor, Tensor], Tensor] | None:
+def atmc_build_attack(
+    model: nn.Module, config: AttackConfig
+) -> Callable[[Tensor, Tensor], Tensor] | None:
     import torchattacks
 
     alpha = config.step_size
     name = config.name
     if name == "pgd":
         attack = torchattacks.PGD(
-            model, eps=config.eps, alpha=alpha, steps=config.steps,
-            random_start=config.random_start, **config.options,
+            model,
+            eps=config.eps,
+            alpha=alpha,
+            steps=config.steps,
+            random_start=config.random_start,
+            **config.options,
         )
     elif name == "fgsm":
         attack = torchattacks.FGSM(model, eps=config.eps, **config.options)
     elif name == "ffgsm":
         attack = torchattacks.FFGSM(model, eps=config.eps, alpha=alpha, **config.options)
     elif name == "tpgd":
-        attack = torchattacks.TPGD(model, eps=config.eps, alpha=alpha, steps=config.steps,
-                                   **config.options)
+        attack = torchattacks.TPGD(
+            model, eps=config.eps, alpha=alpha, steps=config.steps, **config.options
+        )
     else:
         return None
-    return attack  # type: ignore[no-any-return]
+    return attack

@@ -29,7 +29,7 @@ from .errors import ConfigError, did_you_mean
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 CONFIG_VERSION = 1
 
@@ -216,7 +216,9 @@ class ConstraintConfig:
         _set(self, "scale_rule", _choice(s, "scale_rule", self.scale_rule, SCALE_RULES))
         if self.quantizer == "codebook" and self.granularity != "tensor":
             raise _fail(
-                s, "granularity", self.granularity,
+                s,
+                "granularity",
+                self.granularity,
                 'the codebook quantizer is per tensor; granularity applies to quantizer = "int".',
             )
         if self.granularity == "group":
@@ -226,7 +228,9 @@ class ConstraintConfig:
         elif self.group_size is not None:
             raise _fail(s, "group_size", self.group_size, 'only valid with granularity = "group".')
         if self.quantizer == "int" and self.symmetric and self.bits == 1:
-            raise _fail(s, "bits", 1, "a symmetric integer grid needs bits >= 2; use symmetric = false.")
+            raise _fail(
+                s, "bits", 1, "a symmetric integer grid needs bits >= 2; use symmetric = false."
+            )
         _set(self, "factorize", _bool(s, "factorize", self.factorize))
         for key in ("include", "exclude"):
             patterns = getattr(self, key)
@@ -234,7 +238,9 @@ class ConstraintConfig:
                 raise _fail(s, key, patterns, "expected a list of module-name patterns.")
             _set(self, key, tuple(patterns))
         if self.layer_filter is not None and not callable(self.layer_filter):
-            raise _fail(s, "layer_filter", self.layer_filter, "expected filter(module, name) -> bool.")
+            raise _fail(
+                s, "layer_filter", self.layer_filter, "expected filter(module, name) -> bool."
+            )
 
     @property
     def sparse(self) -> bool:
@@ -386,7 +392,9 @@ class ATMCConfig:
             elif suffix == ".json":
                 data = json.loads(p.read_text(encoding="utf-8"))
             else:
-                raise ConfigError(f"{str(p)!r}: unsupported extension {suffix!r}; use .toml or .json.")
+                raise ConfigError(
+                    f"{str(p)!r}: unsupported extension {suffix!r}; use .toml or .json."
+                )
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{str(p)!r} is not valid {suffix[1:].upper()}: {exc}") from exc
         if isinstance(data, Mapping) and "atmc" in data:

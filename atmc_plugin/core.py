@@ -74,10 +74,13 @@ class ATMC:
                 f"{list(constraint.exclude)!r} select no Conv or Linear layer of "
                 f"{type(self.module).__name__}; widen the patterns."
             )
-        for name, module in layers:
-            _check_finite(f"{name}.weight", module.weight)
+        weights = {f"{name}.weight": _weight(module) for name, module in layers}
+        for name, weight in weights.items():
+            _check_finite(name, weight)
         self.dense_numel = (
-            int(dense_numel) if dense_numel is not None else sum(m.weight.numel() for _, m in layers)
+            int(dense_numel)
+            if dense_numel is not None
+            else sum(w.numel() for w in weights.values())
         )
         self.budget = self._budget()
         projection = self.plugin_manager.hook.atmc_build_projection(config=constraint)
@@ -85,7 +88,9 @@ class ATMC:
             raise PluginError("no installed plugin builds a projection for this constraint.")
         self.projection = projection
         self.adversary = (
-            Adversary(model, self.config.attack, self.plugin_manager) if self.config.attack else None
+            Adversary(model, self.config.attack, self.plugin_manager)
+            if self.config.attack
+            else None
         )
         # Validation is over: from here on the model may be changed.
         self.names = self._compressed_names(layers)
@@ -199,7 +204,9 @@ class ATMC:
             self.project_sparsity(params)
         if c.quantized and self.step_count % a.interval == 0:
             stats = self.admm.update(params, self._admm_projector(params))
-            self.plugin_manager.hook.atmc_after_admm_update(atmc=self, step=self.step_count, stats=stats)
+            self.plugin_manager.hook.atmc_after_admm_update(
+                atmc=self, step=self.step_count, stats=stats
+            )
 
     # -- projections -------------------------------------------------------------------------
     def project_sparsity(self, params: Mapping[str, nn.Parameter] | None = None) -> dict[str, Any]:
@@ -225,7 +232,8 @@ class ATMC:
 
         def project(name: str, value: Tensor) -> Tensor:
             mask = (params[name] != 0) if sparse else None
-            return self.projection.quantize(value, mask)[0]  # type: ignore[no-any-return]
+            projected: Tensor = self.projection.quantize(value, mask)[0]
+            return projected
 
         return project
 
@@ -263,7 +271,9 @@ class ATMC:
 
     def report(self) -> CompressionReport:
         """Non-zeros, distinct values, bits and size ratio of the compressed tensors now."""
-        return build_report(self.parameters(), self.config.constraint.bits, self.dense_numel, self.budget)
+        return build_report(
+            self.parameters(), self.config.constraint.bits, self.dense_numel, self.budget
+        )
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -284,8 +294,7 @@ class ATMC:
         """Restore :meth:`state_dict`; the compressed tensor names must match."""
         if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
             raise InputError(
-                "not an ATMC state dict of this version (expected the output of "
-                "ATMC.state_dict())."
+                "not an ATMC state dict of this version (expected the output of ATMC.state_dict())."
             )
         if list(state["names"]) != self.names:
             raise InputError(
@@ -299,6 +308,13 @@ class ATMC:
         self.frozen = bool(state["frozen"])
         self.qstates = dict(state["qstates"])
         self.masks = dict(state["masks"])
+
+
+def _weight(module: nn.Module) -> Tensor:
+    weight = module.weight
+    if not isinstance(weight, Tensor):
+        raise InputError(f"{type(module).__name__} has no weight tensor to compress.")
+    return weight
 
 
 def _check_finite(name: str, tensor: Tensor, step: int | None = None) -> None:

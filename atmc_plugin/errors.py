@@ -27,6 +27,6 @@ class PluginError(ATMCError, LookupError):
 
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
-    """Return ``" Did you mean 'x'?"`` for the closest of ``choices``, or ``""`` if none is close."""
+    """``" Did you mean 'x'?"`` for the closest of ``choices``; ``""`` if none is close."""
     matches = difflib.get_close_matches(str(value).lower(), sorted(choices), n=1, cutoff=0.5)
     return f" Did you mean {matches[0]!r}?" if matches else ""

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from torch import Tensor, nn
 
-    from .config import AttackConfig, ATMCConfig, ConstraintConfig
+    from .config import ATMCConfig, AttackConfig, ConstraintConfig
     from .projection import Projection
 
 PROJECT_NAME = "atmc_plugin"

@@ -85,7 +85,10 @@ def tensor_stats(name: str, tensor: Tensor, bits: int | None) -> TensorStats:
     nonzero = flat[flat != 0]
     distinct = int(torch.unique(nonzero).numel()) if nonzero.numel() else 0
     return TensorStats(
-        name=name, numel=flat.numel(), nnz=int(nonzero.numel()), distinct=distinct,
+        name=name,
+        numel=flat.numel(),
+        nnz=int(nonzero.numel()),
+        distinct=distinct,
         bits=32 if bits is None else bits,
     )
 

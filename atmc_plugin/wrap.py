@@ -9,8 +9,9 @@ from .errors import PluginError
 from .plugins import ENTRY_POINT_GROUP, get_plugin_manager
 
 
-def wrap(target: Any, config: ATMCConfig | None = None, *, plugin_manager: Any = None,
-         **options: Any) -> Any:
+def wrap(
+    target: Any, config: ATMCConfig | None = None, *, plugin_manager: Any = None, **options: Any
+) -> Any:
     """Return ``target`` wrapped by the adapter of its tool, with ATMC enabled.
 
     :param target: the tool object, e.g. a ``torch_pruning.pruner.BasePruner``.
@@ -23,9 +24,7 @@ def wrap(target: Any, config: ATMCConfig | None = None, *, plugin_manager: Any =
     cfg = config if config is not None else ATMCConfig()
     adapter = pm.hook.atmc_build_adapter(target=target, config=cfg, options=dict(options))
     if adapter is None:
-        installed = sorted(
-            impl.plugin_name for impl in pm.hook.atmc_build_adapter.get_hookimpls()
-        )
+        installed = sorted(impl.plugin_name for impl in pm.hook.atmc_build_adapter.get_hookimpls())
         raise PluginError(
             f"no installed adapter recognises {type(target).__module__}.{type(target).__name__}. "
             f"Installed adapters: {', '.join(installed) or 'none'}. An adapter is a plugin that "

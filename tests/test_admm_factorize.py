@@ -41,8 +41,11 @@ def test_penalty_is_differentiable_in_w_only() -> None:
 def test_factorization_both_orientations() -> None:
     torch.manual_seed(0)
     for module in (nn.Conv2d(3, 16, 3), nn.Conv2d(16, 4, 3), nn.Linear(20, 5), nn.Linear(5, 20)):
-        x = torch.randn(2, module.weight.shape[1], 6, 6) if isinstance(module, nn.Conv2d) \
+        x = (
+            torch.randn(2, module.weight.shape[1], 6, 6)
+            if isinstance(module, nn.Conv2d)
             else torch.randn(2, module.in_features)
+        )
         before = module(x)
         factorize(module)
         assert is_factorized(module)

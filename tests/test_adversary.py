@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from atmc_plugin import ATMC, AttackConfig, ATMCConfig, InputError, PluginError
+from atmc_plugin import ATMC, ATMCConfig, AttackConfig, InputError, PluginError
 from atmc_plugin.adversary import Adversary
 from atmc_plugin.plugins import get_plugin_manager
 
@@ -70,17 +70,25 @@ def test_normalized_inputs(tiny_model, batch) -> None:
     adv = _adv(tiny_model, eps=0.1, steps=2, mean=(mean,), std=(std,))(xn, y)
     pixels = adv * std + mean
     assert float((pixels - x).abs().max()) <= 0.1 + 1e-5
-    with pytest.raises(InputError, match="set attack.mean and attack.std"):
+    with pytest.raises(InputError, match=r"set attack\.mean and attack\.std"):
         _adv(tiny_model, eps=0.1)(xn, y)
 
 
 @pytest.mark.parametrize(
     ("x", "y", "fragment"),
     [
-        (torch.rand(4, 1, 8, 8, dtype=torch.float64), torch.zeros(4, dtype=torch.long), "x.float()"),
+        (
+            torch.rand(4, 1, 8, 8, dtype=torch.float64),
+            torch.zeros(4, dtype=torch.long),
+            "x.float()",
+        ),
         (torch.rand(4, 1, 8, 8), torch.zeros(4), "integer class indices"),
         (torch.rand(4, 1, 8, 8), torch.zeros(3, dtype=torch.long), "do not match a batch of 4"),
-        (torch.rand(4, 1, 8, 8) * 2, torch.zeros(4, dtype=torch.long), "attacks need values in [0, 1]"),
+        (
+            torch.rand(4, 1, 8, 8) * 2,
+            torch.zeros(4, dtype=torch.long),
+            "attacks need values in [0, 1]",
+        ),
         (torch.full((4, 1, 8, 8), float("nan")), torch.zeros(4, dtype=torch.long), "NaN or inf"),
     ],
 )

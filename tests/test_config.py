@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from atmc_plugin import ADMMConfig, AttackConfig, ATMCConfig, ConfigError, ConstraintConfig
+from atmc_plugin import ADMMConfig, ATMCConfig, AttackConfig, ConfigError, ConstraintConfig
 
 FULL = {
     "attack": {"name": "pgd", "eps": 0.1, "steps": 7, "alpha": 0.025, "random_start": True},
@@ -27,9 +27,17 @@ def test_dict_round_trip() -> None:
         ATMCConfig(),
         ATMCConfig(attack=None),
         ATMCConfig(
-            constraint=ConstraintConfig(nnz=100, bits=4, quantizer="int", symmetric=False,
-                                        granularity="group", group_size=32, scale_rule="pt2e",
-                                        include=("conv*",), exclude=("fc",)),
+            constraint=ConstraintConfig(
+                nnz=100,
+                bits=4,
+                quantizer="int",
+                symmetric=False,
+                granularity="group",
+                group_size=32,
+                scale_rule="pt2e",
+                include=("conv*",),
+                exclude=("fc",),
+            ),
             attack=AttackConfig(name="tpgd", eps=0.03, mean=(0.5,), std=(0.25,)),
             admm=ADMMConfig(rho=1.0, interval=3, projection_interval=2),
         ),
@@ -116,8 +124,11 @@ def test_attack_errors(kwargs: dict, fragment: str) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
-    [({"rho": 0}, "admm.rho = 0"), ({"interval": 0}, "admm.interval = 0"),
-     ({"projection_interval": -1}, "admm.projection_interval = -1")],
+    [
+        ({"rho": 0}, "admm.rho = 0"),
+        ({"interval": 0}, "admm.interval = 0"),
+        ({"projection_interval": -1}, "admm.projection_interval = -1"),
+    ],
 )
 def test_admm_errors(kwargs: dict, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -155,7 +166,7 @@ def test_file_errors(tmp_path) -> None:
         ATMCConfig.from_file(wrong)
     yaml = tmp_path / "c.yaml"
     yaml.write_text("x: 1")
-    with pytest.raises(ConfigError, match="use .toml or .json"):
+    with pytest.raises(ConfigError, match=r"use \.toml or \.json"):
         ATMCConfig.from_file(yaml)
 
 

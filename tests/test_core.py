@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from atmc_plugin import ATMC, ADMMConfig, AttackConfig, ATMCConfig, ConfigError, ConstraintConfig, InputError
+from atmc_plugin import (
+    ATMC,
+    ADMMConfig,
+    ATMCConfig,
+    AttackConfig,
+    ConfigError,
+    ConstraintConfig,
+    InputError,
+)
 from atmc_plugin.plugins import get_plugin_manager
 
 
@@ -119,7 +127,7 @@ def test_nan_weights_refused_and_nothing_modified(tiny_model) -> None:
     assert atmc.step_count == 0
     for k, v in tiny_model.state_dict().items():
         assert torch.equal(v, snapshot[k]) or torch.allclose(v, snapshot[k], equal_nan=True)
-    with pytest.raises(InputError, match="conv2.weight"):
+    with pytest.raises(InputError, match=r"conv2\.weight"):
         ATMC(tiny_model, _config(density=0.1))
 
 
@@ -162,7 +170,9 @@ def test_factorized_training(tiny_model, batch) -> None:
     _train(tiny_model, atmc, opt, batch, steps=3)
     rep = atmc.finalize()
     assert rep.nnz <= atmc.budget
-    assert rep.dense_numel == sum(m.weight.numel() for m in (tiny_model.conv1, tiny_model.conv2, tiny_model.fc))
+    assert rep.dense_numel == sum(
+        m.weight.numel() for m in (tiny_model.conv1, tiny_model.conv2, tiny_model.fc)
+    )
 
 
 def test_clean_training_without_attack(tiny_model, batch) -> None:

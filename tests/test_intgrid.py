@@ -19,11 +19,16 @@ def test_matches_inc_rtn(symmetric: bool, bits: int, group_size: int) -> None:
     from neural_compressor.torch.algorithms.weight_only.utility import quant_tensor
 
     w = _weight()
-    ref = quant_tensor(w.clone(), bits=bits, group_size=group_size,
-                       scheme="sym" if symmetric else "asym")
-    spec = GridSpec(bits=bits, symmetric=symmetric,
-                    granularity="channel" if group_size == -1 else "group",
-                    group_size=None if group_size == -1 else group_size, scale_rule="rtn")
+    ref = quant_tensor(
+        w.clone(), bits=bits, group_size=group_size, scheme="sym" if symmetric else "asym"
+    )
+    spec = GridSpec(
+        bits=bits,
+        symmetric=symmetric,
+        granularity="channel" if group_size == -1 else "group",
+        group_size=None if group_size == -1 else group_size,
+        scale_rule="rtn",
+    )
     ours, _ = int_grid_quantize(w, spec)
     assert torch.equal(ours, ref)
 
@@ -33,8 +38,9 @@ def test_matches_pytorch_per_channel_symmetric_observer() -> None:
         warnings.simplefilter("ignore")
         from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
-        obs = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8,
-                                       qscheme=torch.per_channel_symmetric)
+        obs = PerChannelMinMaxObserver(
+            ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric
+        )
     w = _weight((16, 3, 3, 3))
     obs(w)
     scale, zero = obs.calculate_qparams()
@@ -49,8 +55,12 @@ def test_matches_pytorch_per_channel_symmetric_observer() -> None:
 def test_zeros_stay_zero_idempotent_and_frozen(granularity: str, symmetric: bool) -> None:
     w = _weight((8, 36))
     w[w.abs() < 0.7] = 0
-    spec = GridSpec(bits=4, symmetric=symmetric, granularity=granularity,
-                    group_size=10 if granularity == "group" else None)
+    spec = GridSpec(
+        bits=4,
+        symmetric=symmetric,
+        granularity=granularity,
+        group_size=10 if granularity == "group" else None,
+    )
     q, params = int_grid_quantize(w, spec)
     assert torch.all(q[w == 0] == 0)
     q2, _ = int_grid_quantize(q, spec)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import atmc_plugin
-from atmc_plugin import ATMC, AttackConfig, ATMCConfig, PluginError, hookspecs
+from atmc_plugin import ATMC, ATMCConfig, AttackConfig, PluginError, hookspecs
 from atmc_plugin.plugins import BLOCK_ENV_VAR, get_plugin_manager, plugin_origins
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,9 @@ def test_every_hook_documented_with_exact_signature() -> None:
         assert name in headings, f"hook {name} is not documented in docs/hooks.md"
         documented = [p.strip() for p in headings[name].split(",") if p.strip()]
         assert documented == params, f"{name}: docs say {documented}, spec says {params}"
-    assert set(headings) <= set(specs), f"docs describe hooks that do not exist: {set(headings) - set(specs)}"
+    assert set(headings) <= set(specs), (
+        f"docs describe hooks that do not exist: {set(headings) - set(specs)}"
+    )
 
 
 def test_factory_is_fresh_and_registers_builtins() -> None:
@@ -115,7 +117,9 @@ def test_plugin_registered_by_hand(monkeypatch, tiny_model, batch) -> None:
 
 
 def test_wrap_without_adapter_lists_installed() -> None:
-    with pytest.raises(PluginError, match="no installed adapter recognises builtins.object") as info:
+    with pytest.raises(
+        PluginError, match=r"no installed adapter recognises builtins\.object"
+    ) as info:
         atmc_plugin.wrap(object())
     assert "atmc_build_adapter" in str(info.value)
 
@@ -128,7 +132,11 @@ def test_wrap_uses_adapter_plugin() -> None:
 
     pm = get_plugin_manager(entry_points=False)
     pm.register(Adapter(), name="list-adapter")
-    assert atmc_plugin.wrap([1], plugin_manager=pm, optimizer=3) == ("wrapped", [1], {"optimizer": 3})
+    assert atmc_plugin.wrap([1], plugin_manager=pm, optimizer=3) == (
+        "wrapped",
+        [1],
+        {"optimizer": 3},
+    )
     with pytest.raises(PluginError, match="Installed adapters: list-adapter"):
         atmc_plugin.wrap(object(), plugin_manager=pm)
 
@@ -138,7 +146,8 @@ def test_import_has_no_side_effects() -> None:
 
     code = (
         "import sys, atmc_plugin; "
-        "bad = [m for m in ('torchattacks', 'torch_pruning', 'neural_compressor') if m in sys.modules]; "
+        "tools = ('torchattacks', 'torch_pruning', 'neural_compressor'); "
+        "bad = [m for m in tools if m in sys.modules]; "
         "print(','.join(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -75,8 +75,9 @@ def lloyd_sorted(sorted_vals: Tensor, init: Tensor) -> Tensor:
     """
     centres, zero_at = _with_zero(init.to(sorted_vals.device))
     data = sorted_vals
-    prefix = torch.cat([data.new_zeros(1, dtype=torch.float64),
-                        torch.cumsum(data, 0, dtype=torch.float64)])
+    prefix = torch.cat(
+        [data.new_zeros(1, dtype=torch.float64), torch.cumsum(data, 0, dtype=torch.float64)]
+    )
     edges: Tensor | None = None
     n = data.numel()
     for _ in range(MAX_LLOYD_ITERATIONS):

@@ -14,6 +14,8 @@ the three parameters (``original0/1/2``) that :mod:`torch.nn.utils.parametrize` 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
@@ -27,6 +29,8 @@ class LowRankPlusSparse(nn.Module):
     :param shape: shape of the weight it parametrizes.
     """
 
+    eye: Tensor
+
     def __init__(self, shape: torch.Size) -> None:
         super().__init__()
         self.shape = tuple(shape)
@@ -38,11 +42,8 @@ class LowRankPlusSparse(nn.Module):
 
     def forward(self, left: Tensor, right: Tensor, sparse: Tensor) -> Tensor:
         eye = self.eye.to(left.dtype)
-        if self.right_identity:
-            w = left @ (right + eye) + sparse
-        else:
-            w = (left + eye) @ right + sparse
-        return w.reshape(self.shape)
+        w = left @ (right + eye) if self.right_identity else (left + eye) @ right
+        return (w + sparse).reshape(self.shape)
 
     def right_inverse(self, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         w = weight.detach().reshape(self.out, self.fan_in)
@@ -65,11 +66,15 @@ def factorize(module: nn.Module, name: str = "weight") -> list[nn.Parameter]:
 
 def factor_parameters(module: nn.Module, name: str = "weight") -> list[nn.Parameter]:
     """The ``[L, R, C]`` parameters of a factorized module."""
-    holder = module.parametrizations[name]  # type: ignore[index,union-attr]
+    holder = _parametrizations(module)[name]
     return [getattr(holder, n) for n in FACTOR_NAMES]
 
 
 def is_factorized(module: nn.Module, name: str = "weight") -> bool:
     return parametrize.is_parametrized(module, name) and any(
-        isinstance(p, LowRankPlusSparse) for p in module.parametrizations[name]  # type: ignore[index,union-attr]
+        isinstance(p, LowRankPlusSparse) for p in _parametrizations(module)[name]
     )
+
+
+def _parametrizations(module: nn.Module) -> Any:
+    return getattr(module, "parametrizations")  # noqa: B009 - typed as Any on purpose

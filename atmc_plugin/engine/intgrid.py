@@ -88,7 +88,7 @@ def int_grid_quantize(w: Tensor, spec: GridSpec) -> tuple[Tensor, list[tuple[Ten
     :returns: the projected tensor (same shape, dtype, device) and, per row block, the
         ``(scale, zero_point)`` vectors used (for export and for a frozen grid).
     """
-    blocks, split = _blocks(w.detach(), spec)
+    blocks, _ = _blocks(w.detach(), spec)
     params = [_scale_and_zero(b, spec) for b in blocks]
     return apply_grid(w, spec, params), params
 
