@@ -275,6 +275,34 @@ class ATMC:
             self.parameters(), self.config.constraint.bits, self.dense_numel, self.budget
         )
 
+    def index_select(self, name: str, dim: int, index: Tensor) -> None:
+        """Follow a structural change: keep only ``index`` along ``dim`` of ``name``'s state.
+
+        Slices the ADMM ``Z``/``U`` and, after :meth:`finalize`, the frozen mask (and the scales
+        of a per-channel integer grid when ``dim == 0``). The sparsity budget stays defined
+        against the dense model. Call it right after the parameter itself was sliced.
+
+        :raises InputError: unknown name, or a frozen quantization set that cannot be sliced.
+        """
+        if name not in self.names:
+            raise InputError(f"{name!r} is not compressed by this ATMC; known: {self.names}.")
+        c = self.config.constraint
+        if name in self.qstates and c.quantizer == "int" and c.granularity != "tensor":
+            if c.granularity != "channel" or dim != 0:
+                raise InputError(
+                    f"cannot slice the frozen {c.granularity} grid of {name!r} along dim {dim}; "
+                    "remove channels before atmc.finalize()."
+                )
+            self.qstates[name] = [
+                (s.index_select(0, index.to(s.device)), z.index_select(0, index.to(z.device)))
+                for s, z in self.qstates[name]
+            ]
+        if name in self.admm:
+            self.admm.index_select(name, dim, index)
+        if name in self.masks:
+            mask = self.masks[name]
+            self.masks[name] = mask.index_select(dim, index.to(mask.device)).contiguous()
+
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors and containers: loadable with ``torch.load(weights_only=True)``."""

@@ -194,3 +194,26 @@ def test_ddp_wrapper_is_looked_through(tiny_model) -> None:
         assert atmc.names[0] == "conv1.weight"
     finally:
         dist.destroy_process_group()
+
+
+def test_index_select_follows_channel_removal(tiny_model, batch) -> None:
+    opt = torch.optim.SGD(tiny_model.parameters(), lr=0.05)
+    atmc = ATMC(tiny_model, _config(density=0.5, bits=4), optimizer=opt)
+    _train(tiny_model, atmc, opt, batch, steps=2)
+    keep = torch.tensor([0, 2, 5])
+    z_before = atmc.admm.z["conv2.weight"].clone()
+    with torch.no_grad():
+        tiny_model.conv2.weight = torch.nn.Parameter(tiny_model.conv2.weight[keep].clone())
+    atmc.index_select("conv2.weight", 0, keep)
+    assert torch.equal(atmc.admm.z["conv2.weight"], z_before[keep])
+    assert atmc.penalty().item() >= 0  # shapes agree again
+    with pytest.raises(InputError, match="is not compressed"):
+        atmc.index_select("bn1.weight", 0, keep)
+
+
+def test_frozen_grouped_grid_refuses_slicing(tiny_model) -> None:
+    cfg = _config(density=0.5, bits=4, quantizer="int", granularity="group", group_size=4)
+    atmc = ATMC(tiny_model, cfg)
+    atmc.finalize()
+    with pytest.raises(InputError, match=r"before atmc\.finalize"):
+        atmc.index_select("conv2.weight", 1, torch.tensor([0, 1]))
