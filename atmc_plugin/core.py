@@ -275,6 +275,19 @@ class ATMC:
             self.parameters(), self.config.constraint.bits, self.dense_numel, self.budget
         )
 
+    def reset(self, name: str) -> None:
+        """Start ``name``'s state afresh (``Z = Proj(W)``, ``U = 0``, no frozen mask/set).
+
+        For structural changes that cannot be traced index by index.
+        """
+        if name not in self.names:
+            raise InputError(f"{name!r} is not compressed by this ATMC; known: {self.names}.")
+        self.masks.pop(name, None)
+        self.qstates.pop(name, None)
+        if self.config.constraint.quantized:
+            params = self.parameters()
+            self.admm.init({name: params[name]}, self._admm_projector(params))
+
     def index_select(self, name: str, dim: int, index: Tensor) -> None:
         """Follow a structural change: keep only ``index`` along ``dim`` of ``name``'s state.
 

@@ -33,3 +33,53 @@ class DigitsCNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.fc(self.features(x))
         return out
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = nn.functional.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        result: Tensor = nn.functional.relu(out + self.shortcut(x))
+        return result
+
+
+class CifarResNet(nn.Module):
+    """CIFAR-style ResNet (He et al. 2016): depth 6n + 2, widths 16/32/64, 3x32x32 inputs.
+
+    ``CifarResNet(20)`` has 0.27M parameters, ``CifarResNet(56)`` 0.85M.
+    """
+
+    def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"depth = {depth}: a CIFAR ResNet has depth 6n + 2 (20, 32, 44, 56 ...)")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        blocks: list[nn.Module] = []
+        cin = 16
+        for i, width in enumerate((16, 32, 64)):
+            for j in range(n):
+                stride = 2 if i > 0 and j == 0 else 1
+                blocks.append(_BasicBlock(cin, width, stride))
+                cin = width
+        self.layers = nn.Sequential(*blocks)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = nn.functional.relu(self.bn1(self.conv1(x)))
+        out = self.layers(out).mean(dim=(2, 3))
+        result: Tensor = self.fc(out)
+        return result

@@ -1,0 +1,94 @@
+"""Saving and loading pruned, ATMC-compressed models without pickle.
+
+A checkpoint holds the state dict, Torch-Pruning's pruning history and ATMC's state; all are
+plain tensors and containers, so ``torch.load(weights_only=True)`` reads it. Loading rebuilds the
+pruned structure on a fresh model: new dependency graph, ``load_pruning_history``, then the
+weights. Files are written atomically (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from atmc_plugin import InputError
+from atmc_plugin.adversary import model_device
+
+if TYPE_CHECKING:
+    from .pruner import ATMCPruner
+
+FORMAT = "atmc-torch-pruning"
+VERSION = 1
+
+
+def save_pruned(path: str | Path, pruner: ATMCPruner, extra: dict[str, Any] | None = None) -> None:
+    """Write model weights, pruning history and ATMC state to ``path`` atomically."""
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": pruner.model.state_dict(),
+        "pruner": pruner.state_dict(),
+        "config": pruner.atmc.config.to_dict(),
+        "extra": extra or {},
+    }
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_pruned(path: str | Path, model: nn.Module, example_inputs: Any) -> dict[str, Any]:
+    """Rebuild the pruned structure on ``model`` (a fresh dense instance) and load the weights.
+
+    :returns: the checkpoint's ``pruner`` (pruning history, ATMC state), ``config`` and
+        ``extra`` entries; pass ``["pruner"]["atmc"]`` to ``ATMC.load_state_dict`` to resume.
+    :raises InputError: not such a checkpoint, wrong device of ``example_inputs``, or a model
+        that does not match the checkpoint (tried on a copy first: ``model`` is left unchanged).
+    """
+    from .pruner import _check_device
+
+    try:
+        payload = torch.load(path, weights_only=True, map_location="cpu")
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise InputError(f"cannot read checkpoint {str(path)!r}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputError(f"{str(path)!r} is not an atmc-plugin Torch-Pruning checkpoint.")
+    device = model_device(model)
+    _check_device(example_inputs, device)
+    history = payload["pruner"]["pruning_history"]
+    weights = {k: v.to(device) for k, v in payload["model"].items()}
+    # Rehearse on a copy so that a mismatching checkpoint leaves the user's model untouched.
+    try:
+        _restructure(copy.deepcopy(model), example_inputs, history, weights)
+    except (RuntimeError, KeyError, IndexError, AttributeError, ValueError) as exc:
+        raise InputError(
+            f"checkpoint {str(path)!r} does not fit this model ({type(model).__name__}): {exc}. "
+            "Build the same architecture as the one that was pruned."
+        ) from exc
+    _restructure(model, example_inputs, history, weights)
+    return {k: payload[k] for k in ("pruner", "config", "extra")}
+
+
+def _restructure(model: nn.Module, example_inputs: Any, history: Any, weights: Any) -> None:
+    import torch_pruning as tp
+
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        graph.load_pruning_history(history)
+        model.load_state_dict(weights)
+    finally:
+        for m, flag in modes:
+            m.training = flag

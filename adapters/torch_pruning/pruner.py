@@ -1,0 +1,315 @@
+"""``ATMCPruner``: a Torch-Pruning pruner with ATMC inside, keeping the pruner's whole surface.
+
+::
+
+    pruner = tp.pruner.GroupNormPruner(model, example_inputs, importance=..., pruning_ratio=0.5,
+                                       iterative_steps=5, ignored_layers=[model.fc])
+    pruner = atmc_plugin.wrap(pruner, atmc_plugin.ATMCConfig(...), optimizer=optimizer)
+    for step in range(pruner.iterative_steps):
+        pruner.step()                       # channels removed; optimizer and ATMC state follow
+        for x, y in loader:
+            x_adv = pruner.perturb(x, y)
+            loss = criterion(model(x_adv), y) + pruner.penalty()
+            optimizer.zero_grad(); loss.backward()
+            pruner.regularize(model, loss)  # the pruner's own regularizer (+ RGSM if enabled)
+            optimizer.step()                # ATMC projections run from an optimizer hook
+    pruner.finalize()
+    print(pruner.report())
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Generator, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from atmc_plugin import ATMC, ATMCConfig, ConfigError, InputError
+from atmc_plugin.adversary import model_device
+from atmc_plugin.layers import select_layers
+
+from . import slicing
+from .report import PruningReport, build_pruning_report
+
+
+class _TrackedGroup:
+    """A Torch-Pruning group whose ``prune()`` also slices the optimizer and ATMC state."""
+
+    def __init__(self, group: Any, owner: ATMCPruner) -> None:
+        self._group = group
+        self._owner = owner
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._group)
+
+    def __len__(self) -> int:
+        return len(self._group)
+
+    def __getitem__(self, index: int) -> Any:
+        return self._group[index]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._group, name)
+
+    def __repr__(self) -> str:
+        return repr(self._group)
+
+    def prune(self, *args: Any, **kwargs: Any) -> None:
+        self._owner._prune_group(self._group, *args, **kwargs)
+
+
+class ATMCPruner:
+    """Wraps a ``torch_pruning`` pruner: adversarial training plus ATMC's constraint.
+
+    Every attribute not defined here is the wrapped pruner's (``DG``, ``importance``,
+    ``current_step``, ``iterative_steps``, ``pruning_history`` ...).
+
+    :param pruner: a ``tp.pruner.BasePruner`` (or subclass), before its first step.
+    :param config: the ATMC configuration; its budget is against the dense (unpruned) model.
+    :param optimizer: the user's optimizer; its state follows every channel removal.
+    :param plugin_manager: optional plugin manager.
+    :param example_inputs: optional inputs used for MAC counts in :meth:`report`.
+    :param regularizer: optional extra regularizer with ``regularize(model)`` and
+        ``update()`` (for example :class:`~atmc_plugin_adapters.torch_pruning.rgsm.RGSM`).
+    """
+
+    def __init__(
+        self,
+        pruner: Any,
+        config: ATMCConfig,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        plugin_manager: Any = None,
+        example_inputs: Any = None,
+        regularizer: Any = None,
+    ) -> None:
+        model = pruner.model
+        if config.constraint.factorize:
+            raise ConfigError(
+                "constraint.factorize = true cannot be combined with Torch-Pruning: the "
+                "factorization re-parametrizes the weights Torch-Pruning slices. Use "
+                "factorize = false, or compress the factorized model without structural pruning."
+            )
+        if pruner.current_step != 0:
+            raise InputError(
+                f"the pruner has already taken {pruner.current_step} step(s); wrap it before its "
+                "first step so the budget refers to the dense model."
+            )
+        _check_no_prune_masks(model)
+        device = model_device(model)
+        if example_inputs is not None:
+            _check_device(example_inputs, device)
+        _warn_if_output_layer_pruned(pruner, model)
+        self._pruner = pruner
+        self._optimizer = optimizer
+        self.example_inputs = example_inputs
+        self.regularizer = regularizer
+        layers = select_layers(model, config.constraint)
+        self.dense_params = sum(p.numel() for p in model.parameters())
+        self.dense_macs = _macs(model, example_inputs)
+        self.atmc = ATMC(model, config, optimizer=optimizer, plugin_manager=plugin_manager)
+        self.dense_numel = self.atmc.dense_numel
+        self.target_budget = self.atmc.budget
+        self._layer_names = {m: n for n, m in layers}
+        from .report import _out_channels
+
+        self.dense_channels = {n: _out_channels(m) for n, m in layers}
+        self._module_names = {m: n for n, m in model.named_modules()}
+        self._schedule_budget()
+        importance = getattr(pruner, "importance", None)
+        if hasattr(importance, "bind"):
+            importance.bind(self)
+
+    # -- the pruner's surface ------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_pruner":
+            raise AttributeError(name)
+        return getattr(self._pruner, name)
+
+    @property
+    def pruner(self) -> Any:
+        """The wrapped Torch-Pruning pruner."""
+        return self._pruner
+
+    @property
+    def model(self) -> nn.Module:
+        return self._pruner.model  # type: ignore[no-any-return]
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        return self._optimizer
+
+    def step(self, interactive: bool = False) -> Generator[Any, None, None] | None:
+        """One pruning step, as ``pruner.step``; ``interactive=True`` yields the groups.
+
+        Groups yielded interactively are Torch-Pruning's, wrapped so that ``group.prune()``
+        also slices the optimizer state and ATMC's state.
+        """
+        if interactive:
+            return self._interactive_step()
+        for group in self._interactive_step():
+            group.prune()
+        return None
+
+    def _interactive_step(self) -> Generator[Any, None, None]:
+        modes = [(m, m.training) for m in self.model.modules()]
+        prepare = getattr(self._pruner.importance, "prepare", None)
+        if callable(prepare):
+            prepare()
+        try:
+            groups = self._pruner.step(interactive=True)
+            for group in groups or ():
+                yield _TrackedGroup(group, self)
+        finally:
+            for m, flag in modes:
+                m.training = flag
+        self._after_step()
+
+    def _prune_group(self, group: Any, *args: Any, **kwargs: Any) -> None:
+        touched: dict[nn.Module, str] = {}
+        removed: dict[nn.Module, dict[bool, list[int]]] = {}
+        for dep, idxs in group:
+            module = dep.target.module
+            if not isinstance(module, nn.Module):
+                continue
+            touched[module] = self._module_names.get(module, "")
+            out = bool(self._pruner.DG.is_out_channel_pruning_fn(dep.handler))
+            removed.setdefault(module, {}).setdefault(out, []).extend(int(i) for i in idxs)
+        before = slicing.snapshot(touched)
+        group.prune(*args, **kwargs)
+        follow = getattr(self._pruner.importance, "follow", None)
+        for change in slicing.changes(before, removed):
+            if callable(follow):
+                follow(change)
+            if self._optimizer is not None:
+                slicing.slice_optimizer(self._optimizer, change)
+            if change.name in self.atmc.names:
+                if change.dim is None:
+                    self.atmc.reset(change.name)
+                elif change.dim >= 0 and change.keep is not None:
+                    self.atmc.index_select(change.name, change.dim, change.keep)
+
+    def _after_step(self) -> None:
+        self._pruner.update_regularizer()
+        if self.regularizer is not None:
+            self.regularizer.update()
+        self._schedule_budget()
+        stats = {
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "weights": self._remaining_weights(),
+            "budget": self.atmc.budget,
+        }
+        self.atmc.plugin_manager.hook.atmc_after_pruning_step(
+            pruner=self, step=self._pruner.current_step, stats=stats
+        )
+
+    def _remaining_weights(self) -> int:
+        return sum(p.numel() for p in self.atmc.parameters().values())
+
+    def _schedule_budget(self) -> None:
+        """Linear schedule from dense to the target budget over the pruner's steps."""
+        if self.target_budget is None:
+            return
+        steps = max(1, int(self._pruner.iterative_steps))
+        done = min(int(self._pruner.current_step), steps)
+        budget = round(self.dense_numel - (self.dense_numel - self.target_budget) * done / steps)
+        self.atmc.budget = max(self.target_budget, budget)
+        if done == steps and self._remaining_weights() < self.target_budget:
+            warnings.warn(
+                f"structural pruning left {self._remaining_weights()} weights, fewer than the "
+                f"ATMC budget of {self.target_budget}: the elementwise budget no longer binds. "
+                "Lower constraint.density or the pruner's pruning_ratio.",
+                stacklevel=3,
+            )
+
+    # -- ATMC --------------------------------------------------------------------------------
+    def perturb(self, x: Tensor, y: Tensor) -> Tensor:
+        """Adversarial batch from the configured attack (``x`` when there is none)."""
+        return self.atmc.perturb(x, y)
+
+    def penalty(self) -> Tensor:
+        """ADMM term to add to the loss (0 without quantization)."""
+        return self.atmc.penalty()
+
+    def regularize(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped pruner's own ``regularize`` (its signature), then the extra regularizer."""
+        result = self._pruner.regularize(*args, **kwargs)
+        if self.regularizer is not None:
+            model = args[0] if args else kwargs.get("model", self.model)
+            self.regularizer.regularize(model)
+        return result
+
+    def finalize(self) -> PruningReport:
+        """Hard projection of the weights left by pruning; returns :meth:`report`."""
+        self.atmc.finalize()
+        return self.report()
+
+    def report(self) -> PruningReport:
+        """Structural (channels, params, MACs) and elementwise (nnz, bits) compression."""
+        return build_pruning_report(self)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Pruning history + ATMC state (plain data, ``weights_only`` loadable)."""
+        return {
+            "pruning_history": self._pruner.pruning_history(),
+            "current_step": int(self._pruner.current_step),
+            "atmc": self.atmc.state_dict(),
+        }
+
+
+def _check_no_prune_masks(model: nn.Module) -> None:
+    from torch.nn.utils import prune
+
+    if prune.is_pruned(model):
+        raise InputError(
+            "the model holds torch.nn.utils.prune masks (weight_orig / weight_mask), which break "
+            "Torch-Pruning's step(). Apply them with torch.nn.utils.prune.remove(module, 'weight') "
+            "first; ATMC provides the elementwise sparsity itself."
+        )
+
+
+def _check_device(inputs: Any, device: torch.device) -> None:
+    tensors = [inputs] if isinstance(inputs, Tensor) else list(
+        inputs.values() if isinstance(inputs, dict) else inputs
+    )
+    for t in tensors:
+        if isinstance(t, Tensor) and t.device != device:
+            raise InputError(
+                f"example_inputs are on {t.device} but the model is on {device}; move them with "
+                f".to({str(device)!r})."
+            )
+
+
+def _warn_if_output_layer_pruned(pruner: Any, model: nn.Module) -> None:
+    """Warn when the last Linear (usually the classifier) would lose output channels.
+
+    Torch-Pruning silently drops types passed in ``ignored_layers``; this is the usual symptom.
+    """
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        return
+    name, last = linears[-1]
+    if last in pruner.ignored_layers:
+        return
+    warnings.warn(
+        f"Torch-Pruning may prune the output features of {name!r} (the model's last Linear, "
+        f"usually the classifier). Pass the module itself in ignored_layers=[model.{name}]: "
+        "Torch-Pruning silently ignores types such as nn.Linear in ignored_layers.",
+        stacklevel=4,
+    )
+
+
+def _macs(model: nn.Module, example_inputs: Any) -> int | None:
+    if example_inputs is None:
+        return None
+    import torch_pruning as tp
+
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        macs, _ = tp.utils.count_ops_and_params(model, example_inputs)
+    finally:
+        for m, flag in modes:
+            m.training = flag
+    return int(macs)
