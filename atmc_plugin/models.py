@@ -64,7 +64,9 @@ class CifarResNet(nn.Module):
     def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
-            raise ValueError(f"depth = {depth}: a CIFAR ResNet has depth 6n + 2 (20, 32, 44, 56 ...)")
+            raise ValueError(
+                f"depth = {depth}: a CIFAR ResNet has depth 6n + 2 (20, 32, 44, 56 ...)"
+            )
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)

@@ -64,9 +64,8 @@ class PruningReport:
             f"({self.params / self.dense_params:.3f} of dense)"
         )
         if self.macs is not None and self.dense_macs:
-            lines.append(
-                f"MACs {self.dense_macs} -> {self.macs} ({self.macs / self.dense_macs:.3f} of dense)"
-            )
+            share = self.macs / self.dense_macs
+            lines.append(f"MACs {self.dense_macs} -> {self.macs} ({share:.3f} of dense)")
         lines.append(str(self.elementwise))
         return "\n".join(lines)
 

@@ -8,8 +8,9 @@ training objective gains a group-lasso term and a relaxed group-l0 split with no
         a group survives when beta / 2 * ||W_g||^2 > lambda2).
 
 :meth:`RGSM.regularize` adds the gradient of the two extra terms to ``.grad`` after the user's
-``backward()`` (Torch-Pruning's ``regularize`` convention) and refreshes ``U``. Channels whose
-groups are emptied score 0 in :class:`ADMMProxyImportance` and are removed by the next step.
+``backward()`` (Torch-Pruning's ``regularize`` convention) and refreshes ``U``. An input channel
+whose relaxed copy ``U_g`` is zero (see :meth:`RGSM.dead_inputs`) scores 0 in the ATMC-aware
+importances, so the next pruning step removes exactly the channels RGSM emptied.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class RGSM:
         self.layer_filter = layer_filter
 
     def _layers(self, model: nn.Module) -> list[nn.Module]:
-        chosen = []
+        chosen: list[nn.Module] = []
         for name, m in model.named_modules():
             if not isinstance(m, _LAYERS) or getattr(m, "groups", 1) != 1:
                 continue
@@ -69,7 +70,7 @@ class RGSM:
         """Add the group-lasso and relaxation gradients to each layer's ``weight.grad``."""
         with torch.no_grad():
             for m in self._layers(model):
-                w = m.weight
+                w = _weight(m)
                 if w.grad is None:
                     continue
                 norms = self._column_norms(w)
@@ -78,9 +79,29 @@ class RGSM:
                 u = w * keep
                 w.grad.add_(self.lambda1 * lasso + self.beta * (w - u))
 
+    def dead_inputs(self, module: nn.Module) -> torch.Tensor | None:
+        """Input channels of ``module`` whose relaxed copy ``U_g`` is zero (the group is out).
+
+        ``None`` for layers RGSM does not regularize.
+        """
+        if not isinstance(module, _LAYERS) or getattr(module, "groups", 1) != 1:
+            return None
+        norms = self._column_norms(_weight(module).detach()).reshape(-1)
+        return (0.5 * self.beta * norms.pow(2)) <= self.lambda2
+
     def update(self) -> None:
         """Nothing to refresh: ``U`` is recomputed from ``W`` at every call (no dual variable)."""
 
     def empty_channels(self, model: nn.Module) -> dict[nn.Module, int]:
         """Input channels per layer whose group is currently all zero."""
-        return {m: int((self._column_norms(m.weight).reshape(-1) == 0).sum()) for m in self._layers(model)}
+        return {
+            m: int((self._column_norms(_weight(m)).reshape(-1) == 0).sum())
+            for m in self._layers(model)
+        }
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):  # pragma: no cover - conv/linear always have one
+        raise TypeError(f"{type(module).__name__} has no weight tensor")
+    return weight

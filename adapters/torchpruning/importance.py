@@ -83,10 +83,19 @@ class _SaliencyImportance:
             scores.index_add_(0, root, local.float())
             if isinstance(module, _LAYERS) and dead is not None:
                 dead[root] |= local == 0
+                dead_in = self._dead_inputs(owner, module) if not out else None
+                if dead_in is not None:
+                    index = torch.as_tensor(list(idxs), dtype=torch.long, device=dead_in.device)
+                    dead[root] |= dead_in[index].to(dead.device)
         if scores is None or dead is None:
             return None
         scores = scores / scores.mean().clamp(min=1e-12)
         return torch.where(dead, torch.zeros_like(scores), scores)
+
+    @staticmethod
+    def _dead_inputs(owner: ATMCPruner, module: nn.Module) -> Tensor | None:
+        probe = getattr(owner.regularizer, "dead_inputs", None)
+        return probe(module) if callable(probe) else None
 
     def _local(self, module: nn.Module, out: bool, idxs: Iterable[int]) -> Tensor | None:
         index = torch.as_tensor(list(idxs), dtype=torch.long)
@@ -100,7 +109,11 @@ class _SaliencyImportance:
             if sal.dim() == 1:
                 per = sal
             elif out != transposed:
-                per = sal.flatten(1).sum(1) if not transposed else sal.transpose(0, 1).flatten(1).sum(1)
+                per = (
+                    sal.flatten(1).sum(1)
+                    if not transposed
+                    else sal.transpose(0, 1).flatten(1).sum(1)
+                )
             else:
                 mat = sal.transpose(0, 1).flatten(1) if not transposed else sal.flatten(1)
                 per = mat.sum(1)
@@ -146,7 +159,9 @@ class RobustTaylorImportance(_SaliencyImportance):
     ) -> None:
         super().__init__()
         if not callable(batches):
-            raise InputError("batches must be a callable returning (x, y) batches, e.g. lambda: loader.")
+            raise InputError(
+                "batches must be a callable returning (x, y) batches, e.g. lambda: loader."
+            )
         if num_batches < 1:
             raise InputError(f"num_batches = {num_batches} must be >= 1.")
         self.batches = batches

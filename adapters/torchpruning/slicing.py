@@ -37,7 +37,9 @@ def _expected_dim(module: nn.Module, param_name: str, param: Tensor, out: bool) 
     return 0 if out else 1
 
 
-def _keep(old_size: int, new_size: int, removed: list[int], module: nn.Module, out: bool) -> Tensor | None:
+def _keep(
+    old_size: int, new_size: int, removed: list[int], module: nn.Module, out: bool
+) -> Tensor | None:
     """Kept indices along a dimension, or None when they cannot be derived."""
     removed_set = sorted({int(i) for i in removed})
     if removed_set and removed_set[-1] < old_size and old_size - len(removed_set) == new_size:
@@ -88,7 +90,10 @@ def changes(
         if dim is None:
             logger.warning(
                 "could not trace how Torch-Pruning sliced %s %s -> %s; its optimizer and ATMC "
-                "state are reset", full, tuple(old.shape), tuple(new.shape),
+                "state are reset",
+                full,
+                tuple(old.shape),
+                tuple(new.shape),
             )
         result.append(ParamChange(full, old, new, dim=dim, keep=keep))
     return result
@@ -105,8 +110,12 @@ def slice_optimizer(optimizer: torch.optim.Optimizer, change: ParamChange) -> No
         return  # untraceable change: start this parameter's state afresh
     new_state = {}
     for key, value in state.items():
-        if isinstance(value, Tensor) and value.shape == change.old.shape:
-            if change.dim >= 0 and change.keep is not None:
-                value = value.index_select(change.dim, change.keep.to(value.device)).contiguous()
+        if (
+            isinstance(value, Tensor)
+            and value.shape == change.old.shape
+            and change.dim >= 0
+            and change.keep is not None
+        ):
+            value = value.index_select(change.dim, change.keep.to(value.device)).contiguous()
         new_state[key] = value
     optimizer.state[change.new] = new_state

@@ -72,7 +72,7 @@ class ATMCPruner:
     :param plugin_manager: optional plugin manager.
     :param example_inputs: optional inputs used for MAC counts in :meth:`report`.
     :param regularizer: optional extra regularizer with ``regularize(model)`` and
-        ``update()`` (for example :class:`~atmc_plugin_adapters.torch_pruning.rgsm.RGSM`).
+        ``update()`` (for example :class:`~atmc_plugin_adapters.torchpruning.rgsm.RGSM`).
     """
 
     def __init__(
@@ -118,9 +118,9 @@ class ATMCPruner:
         self.dense_channels = {n: _out_channels(m) for n, m in layers}
         self._module_names = {m: n for n, m in model.named_modules()}
         self._schedule_budget()
-        importance = getattr(pruner, "importance", None)
-        if hasattr(importance, "bind"):
-            importance.bind(self)
+        bind = getattr(getattr(pruner, "importance", None), "bind", None)
+        if callable(bind):
+            bind(self)
 
     # -- the pruner's surface ------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -135,7 +135,8 @@ class ATMCPruner:
 
     @property
     def model(self) -> nn.Module:
-        return self._pruner.model  # type: ignore[no-any-return]
+        model: nn.Module = self._pruner.model
+        return model
 
     @property
     def optimizer(self) -> torch.optim.Optimizer | None:
@@ -271,8 +272,10 @@ def _check_no_prune_masks(model: nn.Module) -> None:
 
 
 def _check_device(inputs: Any, device: torch.device) -> None:
-    tensors = [inputs] if isinstance(inputs, Tensor) else list(
-        inputs.values() if isinstance(inputs, dict) else inputs
+    tensors = (
+        [inputs]
+        if isinstance(inputs, Tensor)
+        else list(inputs.values() if isinstance(inputs, dict) else inputs)
     )
     for t in tensors:
         if isinstance(t, Tensor) and t.device != device:
