@@ -343,6 +343,19 @@ def test_classifier_not_ignored_warns() -> None:
         atmc_plugin.wrap(pruner, CFG)
 
 
+def test_budget_already_undercut_is_refused_before_any_change() -> None:
+    model, ex, pruner, opt = _digits_setup(ratio=0.9, steps=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = ATMCConfig.from_dict({"attack": False, "constraint": {"density": 0.5}})
+    with pytest.raises(ConfigError, match=r"leaves \d+ of the \d+ compressible weights \(exact\)"):
+        atmc_plugin.wrap(pruner, cfg, optimizer=opt, example_inputs=ex)
+    assert pruner.current_step == 0 and not opt.state
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert [p.shape for p in model.parameters()] == [
+        v.shape for k, v in before.items() if "running" not in k and "num_batches" not in k
+    ]
+
+
 def test_structural_pruning_undercutting_the_budget_warns() -> None:
     _model, _, pruner, opt = _digits_setup(ratio=0.9, steps=1)
     cfg = ATMCConfig.from_dict({"attack": False, "constraint": {"density": 0.5}})

@@ -1,4 +1,4 @@
-"""DistributedDataParallel: 2 CPU processes (gloo) prune and train; ATMC stays identical per rank."""
+"""DDP: 2 CPU processes (gloo) prune and train; the ATMC state stays identical on every rank."""
 
 from __future__ import annotations
 

@@ -112,6 +112,7 @@ class ATMCPruner:
         self.atmc = ATMC(model, config, optimizer=optimizer, plugin_manager=plugin_manager)
         self.dense_numel = self.atmc.dense_numel
         self.target_budget = self.atmc.budget
+        _check_budget_not_undercut(pruner, model, config, layers, example_inputs)
         self._layer_names = {m: n for n, m in layers}
         from .report import _out_channels
 
@@ -258,6 +259,71 @@ class ATMCPruner:
             "current_step": int(self._pruner.current_step),
             "atmc": self.atmc.state_dict(),
         }
+
+
+def _check_budget_not_undercut(
+    pruner: Any,
+    model: nn.Module,
+    config: ATMCConfig,
+    layers: list[tuple[str, nn.Module]],
+    example_inputs: Any,
+) -> None:
+    """Dry-run the structural schedule on a copy; refuse a budget it already undercuts.
+
+    Needs ``example_inputs``. A fresh magnitude pruner with the same ratio, steps, scope and
+    ignored layers prunes a deep copy of the model: exact for local pruning, an estimate for
+    global pruning (other importances may pick other layers). Per-layer ratio dicts are skipped.
+    """
+    c = config.constraint
+    if example_inputs is None or not c.sparse or getattr(pruner, "pruning_ratio_dict", None):
+        return
+    import copy
+
+    import torch_pruning as tp
+
+    dense = sum(_layer_weight(m).numel() for _, m in layers)
+    budget = c.nnz if c.nnz is not None else round((c.density or 1.0) * dense)
+    clone = copy.deepcopy(model)
+    by_name = dict(clone.named_modules())
+    names = {m: n for n, m in model.named_modules()}
+    ignored = [by_name[names[m]] for m in pruner.ignored_layers if m in names]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trial = tp.pruner.BasePruner(
+                clone,
+                example_inputs,
+                importance=tp.importance.GroupMagnitudeImportance(p=2),
+                pruning_ratio=pruner.pruning_ratio,
+                iterative_steps=pruner.iterative_steps,
+                global_pruning=pruner.global_pruning,
+                max_pruning_ratio=pruner.max_pruning_ratio,
+                round_to=pruner.round_to,
+                isomorphic=pruner.isomorphic,
+                ignored_layers=ignored,
+            )
+            for _ in range(pruner.iterative_steps):
+                trial.step()
+    finally:
+        for m, flag in modes:
+            m.training = flag
+    left = sum(_layer_weight(by_name[n]).numel() for n, _ in layers)
+    if left < budget:
+        scope = "estimated for global pruning" if pruner.global_pruning else "exact"
+        raise ConfigError(
+            f"structural pruning (pruning_ratio = {pruner.pruning_ratio}) leaves {left} of the "
+            f"{dense} compressible weights ({scope}), already fewer than the ATMC budget of "
+            f"{budget}: the elementwise constraint would never bind. Lower constraint.density "
+            "(or nnz) below the structural ratio, or lower pruning_ratio."
+        )
+
+
+def _layer_weight(module: nn.Module) -> Tensor:
+    weight = module.weight
+    if not isinstance(weight, Tensor):  # pragma: no cover - conv/linear always have one
+        raise InputError(f"{type(module).__name__} has no weight tensor")
+    return weight
 
 
 def _check_no_prune_masks(model: nn.Module) -> None:
