@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,10 +23,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from atmc_plugin import ATMC, ADMMConfig, ATMCConfig, AttackConfig, ConstraintConfig
-from atmc_plugin.adversary import Adversary
 from atmc_plugin.datasets import load_digits
+from atmc_plugin.evaluation import quick_robust_accuracy
+from atmc_plugin.io import save_atomically
 from atmc_plugin.models import DigitsCNN
-from atmc_plugin.plugins import get_plugin_manager
 
 log = logging.getLogger("digits_atmc")
 
@@ -47,19 +45,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", type=Path, help="write model + ATMC state (weights_only loadable)")
     return p.parse_args()
-
-
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> tuple[float, float]:
-    """Clean accuracy and PGD-20 accuracy (random start, step eps/4)."""
-    model.eval()
-    pgd = Adversary(
-        model, AttackConfig(name="pgd", eps=eps, steps=20, alpha=eps / 4), get_plugin_manager()
-    )
-    with torch.no_grad():
-        clean = (model(x).argmax(1) == y).float().mean().item()
-        adv = pgd(x, y)
-        robust = (model(adv).argmax(1) == y).float().mean().item()
-    return clean, robust
 
 
 def train_epoch(
@@ -99,18 +84,6 @@ def run_stage(name, model, atmc, opt, data, epochs, args, gen) -> None:
             log.info("  %s epoch %d/%d  loss %.4f", name, epoch + 1, epochs, loss)
 
 
-def save_atomically(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args()
@@ -126,7 +99,7 @@ def main() -> None:
     dense = ATMC(model, ATMCConfig(attack=attack))
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     run_stage("dense", model, dense, opt, data, args.dense_epochs, args, gen)
-    clean0, robust0 = evaluate(model, x_te, y_te, args.eps)
+    clean0, robust0 = quick_robust_accuracy(model, x_te, y_te, args.eps)
 
     bits = args.bits or None
     config = ATMCConfig(
@@ -145,7 +118,7 @@ def main() -> None:
     atmc.attach(opt)
     run_stage("finetune", model, atmc, opt, data, args.finetune_epochs, args, gen)
     report = atmc.report()
-    clean1, robust1 = evaluate(model, x_te, y_te, args.eps)
+    clean1, robust1 = quick_robust_accuracy(model, x_te, y_te, args.eps)
 
     log.info("\n%s\n", report)
     log.info("| model | clean acc | PGD-20 acc (eps %.3g) | size ratio |", args.eps)
@@ -154,10 +127,12 @@ def main() -> None:
     log.info("| ATMC | %.4f | %.4f | %.4g |", clean1, robust1, report.size_ratio)
     log.info("total time %.1f s on %d threads", time.perf_counter() - t0, torch.get_num_threads())
     if args.save:
-        save_atomically(
-            args.save,
-            {"model": model.state_dict(), "atmc": atmc.state_dict(), "config": config.to_dict()},
-        )
+        payload = {
+            "model": model.state_dict(),
+            "atmc": atmc.state_dict(),
+            "config": config.to_dict(),
+        }
+        save_atomically(payload, args.save)
         log.info("saved %s", args.save)
 
 

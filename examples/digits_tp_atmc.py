@@ -18,29 +18,15 @@ from typing import Any
 import torch
 import torch_pruning as tp
 from atmc_plugin_adapters.torchpruning import ADMMProxyImportance
-from torch import Tensor, nn
 from torch.nn import functional as F
 
 import atmc_plugin
 from atmc_plugin import ADMMConfig, ATMCConfig, AttackConfig, ConstraintConfig
-from atmc_plugin.adversary import Adversary
 from atmc_plugin.datasets import load_digits
+from atmc_plugin.evaluation import quick_robust_accuracy
 from atmc_plugin.models import DigitsCNN
-from atmc_plugin.plugins import get_plugin_manager
 
 log = logging.getLogger("digits_tp_atmc")
-
-
-def pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> tuple[float, float]:
-    """Clean and PGD-20 accuracy (random start, step eps/4)."""
-    model.eval()
-    attack = Adversary(
-        model, AttackConfig(name="pgd", eps=eps, steps=20, alpha=eps / 4), get_plugin_manager()
-    )
-    with torch.no_grad():
-        clean = (model(x).argmax(1) == y).float().mean().item()
-        robust = (model(attack(x, y)).argmax(1) == y).float().mean().item()
-    return clean, robust
 
 
 def run(
@@ -111,7 +97,7 @@ def run(
     for _ in range(finetune_epochs):
         epoch()
     report = pruner.report()
-    clean, robust = pgd_accuracy(model, x_te, y_te, eps)
+    clean, robust = quick_robust_accuracy(model, x_te, y_te, eps)
     return {
         "attack": attack,
         "clean": clean,

@@ -217,3 +217,19 @@ def test_frozen_grouped_grid_refuses_slicing(tiny_model) -> None:
     atmc.finalize()
     with pytest.raises(InputError, match=r"before atmc\.finalize"):
         atmc.index_select("conv2.weight", 1, torch.tensor([0, 1]))
+
+
+def test_save_atomically_replaces_or_keeps(tmp_path) -> None:
+    from atmc_plugin.io import save_atomically
+
+    path = tmp_path / "ckpt.pt"
+    save_atomically({"a": torch.ones(2)}, path)
+
+    class Unsaveable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        save_atomically({"bad": Unsaveable()}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]

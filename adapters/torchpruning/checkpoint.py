@@ -9,8 +9,6 @@ weights. Files are written atomically (temporary file + rename).
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +17,7 @@ from torch import nn
 
 from atmc_plugin import InputError
 from atmc_plugin.adversary import model_device
+from atmc_plugin.io import save_atomically
 
 if TYPE_CHECKING:
     from .pruner import ATMCPruner
@@ -37,16 +36,7 @@ def save_pruned(path: str | Path, pruner: ATMCPruner, extra: dict[str, Any] | No
         "config": pruner.atmc.config.to_dict(),
         "extra": extra or {},
     }
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_atomically(payload, path)
 
 
 def load_pruned(path: str | Path, model: nn.Module, example_inputs: Any) -> dict[str, Any]:

@@ -1,0 +1,32 @@
+"""Quick accuracy checks. Not an honest robustness evaluation (no restarts, no APGD/Square)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .adversary import Adversary
+from .config import AttackConfig
+from .plugins import get_plugin_manager
+
+
+def quick_robust_accuracy(
+    model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 20
+) -> tuple[float, float]:
+    """Clean and PGD-``steps`` accuracy (one random start, step ``eps / 4``), in eval mode.
+
+    The model's modes are restored afterwards.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    attack = Adversary(
+        model, AttackConfig(name="pgd", eps=eps, steps=steps, alpha=eps / 4), get_plugin_manager()
+    )
+    try:
+        model.eval()
+        with torch.no_grad():
+            clean = (model(x).argmax(1) == y).float().mean().item()
+            robust = (model(attack(x, y)).argmax(1) == y).float().mean().item()
+    finally:
+        for m, flag in modes:
+            m.training = flag
+    return clean, robust
