@@ -181,10 +181,14 @@ def test_budget_scheduled_with_the_steps() -> None:
 
 
 @pytest.mark.parametrize("global_pruning", [False, True])
-@pytest.mark.parametrize("model_cls", [CifarResNet, MobileBlockNet, TokenMLPBlock])
+@pytest.mark.parametrize("model_cls", [CifarResNet, MobileBlockNet, TokenMLPBlock, "resnet56"])
 def test_architectures(model_cls, global_pruning) -> None:
     torch.manual_seed(0)
-    model = model_cls(20) if model_cls is CifarResNet else model_cls()
+    if model_cls == "resnet56":
+        model_cls, depth = CifarResNet, 56
+    else:
+        depth = 20
+    model = model_cls(depth) if model_cls is CifarResNet else model_cls()
     head = model.fc if hasattr(model, "fc") else model.head
     ex = torch.rand(1, *_input_shape(model))
     pruner = tp.pruner.GroupNormPruner(
