@@ -1,0 +1,198 @@
+"""The ``"atmc"`` algorithm entry registered in INC's algorithm registry.
+
+- ``PREPARE``: build an :class:`INCSession` (ATMC on the ops INC assigned to ``"atmc"``) and
+  inject its projections through torch's global optimizer step hook, so the user's training
+  function only adds ``session.perturb(x, y)`` and ``session.penalty()``;
+- ``QUANTIZE``: prepare, run the user's ``run_fn(model)`` with gradients enabled (INC's
+  ``run_fn`` is a calibration hook; here it is adversarial ADMM fine-tuning), then convert;
+- ``CONVERT``: hard projection onto exactly INC's integer grid, then INC's own conversion
+  (weight-only RTN for ``backend="rtn"``); the largest difference between ATMC's projected
+  weights and INC's dequantized weights is recorded in :func:`conversion_report`.
+
+Sessions live in a weak, model-keyed store (no attributes on the user's model).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from neural_compressor.common.utils import Mode
+from neural_compressor.torch.utils import register_algo
+from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from atmc_plugin import ATMC, ConfigError, InputError
+from atmc_plugin.report import CompressionReport
+
+from .config import ALGO_NAME, ATMCQuantConfig, atmc_ops
+
+logger = logging.getLogger(__name__)
+
+_SESSIONS: weakref.WeakKeyDictionary[nn.Module, INCSession] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class ConversionReport:
+    """What ``convert`` did: ATMC's compression and how much INC's conversion moved weights."""
+
+    compression: CompressionReport
+    backend: str
+    max_weight_diff: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def worst_weight_diff(self) -> float:
+        return max(self.max_weight_diff.values(), default=0.0)
+
+
+class INCSession:
+    """ATMC for one model being quantized by INC.
+
+    :param model: the model INC is preparing.
+    :param op_names: ops INC assigned to ``"atmc"``.
+    :param config: their (shared) :class:`ATMCQuantConfig`.
+    """
+
+    def __init__(self, model: nn.Module, op_names: list[str], config: ATMCQuantConfig) -> None:
+        self.model = model
+        self.op_names = op_names
+        self.config = config
+        self.atmc = ATMC(model, config.to_atmc(op_names))
+        self._hook: Any = None
+        self.report: ConversionReport | None = None
+
+    def perturb(self, x: Tensor, y: Tensor) -> Tensor:
+        """Adversarial batch for training (see :meth:`atmc_plugin.ATMC.perturb`)."""
+        return self.atmc.perturb(x, y)
+
+    def penalty(self) -> Tensor:
+        """ADMM term to add to the training loss."""
+        return self.atmc.penalty()
+
+    def activate(self) -> None:
+        """Run ATMC's schedule after every step of any optimizer that trains the model."""
+        if self._hook is not None:
+            return
+        ref = weakref.ref(self)
+
+        def after_step(optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+            session = ref()
+            if session is not None and session._trains(optimizer):
+                session.atmc.after_optimizer_step()
+
+        self._hook = register_optimizer_step_post_hook(after_step)
+
+    def deactivate(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def _trains(self, optimizer: torch.optim.Optimizer) -> bool:
+        ours = {id(p) for p in self.atmc.parameters().values()}
+        return any(id(p) in ours for g in optimizer.param_groups for p in g["params"])
+
+
+def session_of(model: nn.Module) -> INCSession:
+    """The ATMC session of a model prepared with :class:`ATMCQuantConfig`.
+
+    :raises InputError: the model was not prepared with ATMC.
+    """
+    session = _SESSIONS.get(model)
+    if session is None:
+        raise InputError(
+            "this model has no ATMC session: prepare it with "
+            "neural_compressor.torch.quantization.prepare(model, ATMCQuantConfig(...)) or call "
+            "quantize(model, ATMCQuantConfig(...), run_fn=train) and use the model it passes "
+            "to run_fn."
+        )
+    return session
+
+
+def conversion_report(model: nn.Module) -> ConversionReport:
+    """The :class:`ConversionReport` of a model converted by the ``"atmc"`` algorithm."""
+    report = session_of(model).report
+    if report is None:
+        raise InputError("the model was prepared with ATMC but not converted yet.")
+    return report
+
+
+@register_algo(ALGO_NAME)
+def atmc_entry(
+    model: nn.Module,
+    configs_mapping: Any,
+    mode: Mode = Mode.QUANTIZE,
+    *args: Any,
+    **kwargs: Any,
+) -> nn.Module:
+    """INC entry of the ``"atmc"`` algorithm (see the module docstring)."""
+    op_names, config = atmc_ops(configs_mapping)
+    if mode in (Mode.PREPARE, Mode.QUANTIZE):
+        session = INCSession(model, op_names, config)
+        _SESSIONS[model] = session
+        session.activate()
+        if mode == Mode.PREPARE:
+            return model
+    session = session_of(model)
+    if mode == Mode.QUANTIZE:
+        run_fn = kwargs.get("run_fn")
+        if run_fn is None:
+            session.deactivate()
+            raise ConfigError(
+                "quantize(..., ATMCQuantConfig(...)) needs run_fn: your training function "
+                "run_fn(model), using atmc_plugin_adapters.inc.session_of(model).perturb(x, y) "
+                "and .penalty() in its loss."
+            )
+        run_args = kwargs.get("run_args") or ()
+        try:
+            with torch.enable_grad():
+                run_fn(model, *run_args)
+        finally:
+            session.deactivate()
+    return _convert(model, session)
+
+
+def _convert(model: nn.Module, session: INCSession) -> nn.Module:
+    session.deactivate()
+    compression = session.atmc.finalize()
+    projected = {n: p.detach().clone() for n, p in session.atmc.parameters().items()}
+    backend = session.config.backend
+    report = ConversionReport(compression=compression, backend=backend)
+    if backend == "rtn":
+        model = _rtn(model, session, projected, report)
+    session.report = report
+    _SESSIONS[model] = session
+    return model
+
+
+def _rtn(
+    model: nn.Module, session: INCSession, projected: dict[str, Tensor], report: ConversionReport
+) -> nn.Module:
+    """Hand the Linear ops to INC's weight-only RTN with exactly ATMC's grid."""
+    from neural_compressor.torch.quantization import RTNConfig, quantize
+
+    cfg = session.config
+    modules = dict(model.named_modules())
+    linears = [n for n in session.op_names if isinstance(modules.get(n), nn.Linear)]
+    others = [n for n in session.op_names if n not in linears]
+    if others:
+        logger.info("RTN quantizes Linear only; %s stay float on ATMC's grid", others)
+    if not linears:
+        return model
+    rtn = RTNConfig(dtype="fp32", use_layer_wise=False)
+    for name in linears:
+        rtn.set_local(
+            name,
+            RTNConfig(
+                bits=cfg.bits, use_sym=cfg.use_sym, group_size=cfg.group_size, use_layer_wise=False
+            ),
+        )
+    model = quantize(model, rtn)
+    modules = dict(model.named_modules())
+    for name in linears:
+        recovered = modules[name].recover().float()
+        ours = projected[f"{name}.weight"].to(recovered.device)
+        report.max_weight_diff[name] = float((recovered - ours).abs().max())
+    return model

@@ -1,0 +1,189 @@
+"""``ATMCQuantConfig``: ATMC as an Intel Neural Compressor algorithm config (name ``"atmc"``).
+
+Registered in INC's own config registry when this module is imported (the adapter plugin
+loads it through the ``atmc_plugin`` entry point), so ``quantize(model, ATMCQuantConfig(...))``,
+``prepare``/``convert``, dict configs ``{"atmc": {...}}``, ``set_local``, JSON files and
+``autotune(TuningConfig(config_set=[...]))`` all work. As in INC, a list value is a tuning
+space.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, ClassVar
+
+import torch
+from neural_compressor.common.base_config import DEFAULT_WHITE_LIST, BaseConfig, register_config
+from neural_compressor.torch.quantization.config import OperatorConfig, TorchBaseConfig
+
+from atmc_plugin import ADMMConfig, ATMCConfig, AttackConfig, ConfigError, ConstraintConfig
+
+ALGO_NAME = "atmc"
+PRIORITY_ATMC = 5  # below INC's built-ins: never chosen unless asked for by name
+BACKENDS = ("rtn", "pt2e", "none")
+SUPPORTED_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
+
+
+@register_config(framework_name="torch", algo_name=ALGO_NAME, priority=PRIORITY_ATMC)
+class ATMCQuantConfig(TorchBaseConfig):
+    """Adversarially trained compression onto INC's integer grid.
+
+    :param dtype: ``"int"`` to compress an op, ``"fp32"`` to leave it alone (for ``set_local``).
+    :param bits: integer bits of the grid ATMC trains for (1..8).
+    :param use_sym: symmetric grid (INC's ``use_sym``).
+    :param group_size: ``-1`` per output channel, else elements per group (INC's convention).
+    :param backend: what ``convert`` hands the trained model to: ``"rtn"`` (INC weight-only RTN,
+        Linear only), ``"pt2e"`` (the model stays fp32 on the int8 grid, for INC static int8:
+        see :func:`atmc_plugin_adapters.inc.quantize_static_int8`), or ``"none"``.
+    :param density: fraction of the compressed weights kept non-zero (1.0 = no sparsity).
+    :param attack: training attack (``pgd``, ``fgsm``, ``ffgsm``, ``tpgd`` or a plugin's).
+    :param eps: l_inf radius in [0, 1] pixel units.
+    :param steps: attack iterations.
+    :param alpha: attack step (0 = the default ``2.5 * eps / steps``).
+    :param rho: ADMM penalty weight.
+    :param interval: optimizer steps between ADMM updates.
+    :param white_list: op types or names INC may assign this config to (INC's default:
+        every op :meth:`get_model_info` lists, i.e. Linear and Conv2d).
+    """
+
+    name = ALGO_NAME
+    supported_configs: ClassVar[list[OperatorConfig]] = []
+
+    def __init__(
+        self,
+        dtype: str = "int",
+        bits: int = 8,
+        use_sym: bool = True,
+        group_size: int = -1,
+        backend: str = "rtn",
+        density: float = 1.0,
+        attack: str = "pgd",
+        eps: float = 8 / 255,
+        steps: int = 7,
+        alpha: float = 0.0,
+        rho: float = 0.1,
+        interval: int = 10,
+        white_list: list[Any] | None = DEFAULT_WHITE_LIST,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(white_list=white_list)
+        self.dtype = dtype
+        self.bits = bits
+        self.use_sym = use_sym
+        self.group_size = group_size
+        self.backend = backend
+        self.density = density
+        self.attack = attack
+        self.eps = eps
+        self.steps = steps
+        self.alpha = alpha
+        self.rho = rho
+        self.interval = interval
+        self._post_init()
+
+    @classmethod
+    def register_supported_configs(cls) -> None:
+        # As everywhere in INC, a list is a tuning space.
+        space: dict[str, Any] = {
+            "bits": [2, 3, 4, 5, 6, 7, 8],
+            "use_sym": [True, False],
+            "group_size": [-1, 32, 64, 128],
+            "backend": list(BACKENDS),
+        }
+        cls.supported_configs = [
+            OperatorConfig(config=cls(**space), operators=list(SUPPORTED_TYPES))
+        ]
+
+    @staticmethod
+    def get_model_info(model: torch.nn.Module) -> list[tuple[str, str]]:
+        return [
+            (name, type(module).__name__)
+            for name, module in model.named_modules()
+            if isinstance(module, SUPPORTED_TYPES)
+        ]
+
+    @classmethod
+    def get_config_set_for_tuning(cls) -> ATMCQuantConfig:
+        space: dict[str, Any] = {"bits": [8, 4], "density": [1.0, 0.1]}
+        return cls(**space)
+
+    # -- JSON (INC 3.10's BaseConfig writes internal fields and unpacks the dict on load) ------
+    def get_params_dict(self) -> dict[str, Any]:
+        """Only the constructor parameters, so ``to_dict``/JSON round-trip through ``from_dict``."""
+        return {name: getattr(self, name) for name in self.params_list if name != "white_list"}
+
+    @classmethod
+    def from_json_file(cls, filename: str) -> ATMCQuantConfig:
+        """Load a config written by :meth:`to_json_file` (global and ``set_local`` entries)."""
+        import json
+
+        with open(filename, encoding="utf-8") as file:
+            data = json.load(file)
+        config: ATMCQuantConfig = cls.from_dict(data)
+        return config
+
+    # -- the bridge to atmc_plugin -------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise :class:`atmc_plugin.ConfigError` for values INC would accept but ATMC cannot."""
+        if self.dtype not in ("int", "fp32"):
+            raise ConfigError(
+                f'atmc dtype = {self.dtype!r}: use "int" (compress) or "fp32" (skip).'
+            )
+        if self.backend not in BACKENDS:
+            raise ConfigError(
+                f"atmc backend = {self.backend!r}: choose one of {', '.join(BACKENDS)}."
+            )
+        if not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
+            raise ConfigError(f"atmc bits = {self.bits!r}: INC's integer grids take 1..8 bits.")
+        if self.backend == "pt2e" and (self.bits != 8 or self.group_size != -1):
+            raise ConfigError(
+                f"atmc backend = 'pt2e' with bits = {self.bits}, group_size = {self.group_size}: "
+                "INC static int8 quantizes weights to 8 bits per output channel; set bits = 8 and "
+                "group_size = -1, or use backend = 'rtn' for lower bit widths."
+            )
+
+    def grid_key(self) -> tuple[Any, ...]:
+        return (self.bits, self.use_sym, self.group_size, self.backend)
+
+    def to_atmc(self, op_names: list[str]) -> ATMCConfig:
+        """The equivalent :class:`atmc_plugin.ATMCConfig` for the given ops."""
+        self.validate()
+        group = self.group_size
+        return ATMCConfig(
+            attack=AttackConfig(
+                name=self.attack, eps=self.eps, steps=self.steps, alpha=self.alpha or None
+            ),
+            constraint=ConstraintConfig(
+                density=None if self.density >= 1.0 else self.density,
+                bits=self.bits,
+                quantizer="int",
+                symmetric=self.use_sym,
+                granularity="channel" if group == -1 else "group",
+                group_size=None if group == -1 else group,
+                scale_rule="pt2e" if self.backend == "pt2e" else "rtn",
+                include=tuple(op_names),
+            ),
+            admm=ADMMConfig(rho=self.rho, interval=self.interval),
+        )
+
+
+def atmc_ops(configs_mapping: OrderedDict[Any, BaseConfig]) -> tuple[list[str], ATMCQuantConfig]:
+    """The op names INC assigned to ATMC, and their (single) config.
+
+    :raises ConfigError: ops with different grids (ATMC trains one grid per model).
+    """
+    chosen = [
+        (name, cfg)
+        for (name, _type), cfg in configs_mapping.items()
+        if cfg.name == ALGO_NAME and getattr(cfg, "dtype", "int") == "int"
+    ]
+    if not chosen:
+        raise ConfigError("no op was assigned to atmc: check white_list and set_local().")
+    keys = {cfg.grid_key() for _, cfg in chosen}
+    if len(keys) > 1:
+        raise ConfigError(
+            f"atmc ops use different grids {sorted(keys)} (bits, use_sym, group_size, backend); "
+            "ATMC trains one grid per model. Give every compressed op the same values, or "
+            'exclude ops with set_local(name, ATMCQuantConfig(dtype="fp32")).'
+        )
+    return [name for name, _ in chosen], chosen[0][1]

@@ -1,0 +1,151 @@
+"""The INC adapter: ATMC as INC's "atmc" algorithm in quantize, prepare/convert, dicts, JSON."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+pytest.importorskip("neural_compressor.torch.quantization")
+from atmc_plugin_adapters.inc import (
+    ATMCQuantConfig,
+    conversion_report,
+    session_of,
+)
+from neural_compressor.torch.quantization import (
+    TuningConfig,
+    autotune,
+    convert,
+    prepare,
+    quantize,
+)
+
+from atmc_plugin import ConfigError, InputError
+
+
+@pytest.fixture(autouse=True)
+def _quiet_inc(monkeypatch):
+    monkeypatch.setenv("INC_TARGET_DEVICE", "cpu")
+    logging.getLogger("neural_compressor").setLevel(logging.ERROR)
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def _train(model: nn.Module, steps: int = 6) -> None:
+    session = session_of(model)
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for _ in range(steps):
+        x, y = torch.rand(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
+        loss = F.cross_entropy(model(session.perturb(x, y)), y) + session.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def test_quantize_runs_atmc_then_inc_rtn() -> None:
+    cfg = ATMCQuantConfig(bits=4, group_size=16, eps=0.1, steps=2, density=0.5, interval=2)
+    q = quantize(_mlp(), cfg, run_fn=_train)
+    assert type(q[1]).__name__ == "INCWeightOnlyLinear"
+    report = conversion_report(q)
+    assert session_of(q).atmc.step_count == 6  # projections ran from the optimizer hook
+    assert report.compression.nnz <= report.compression.budget
+    assert set(report.max_weight_diff) == {"1", "3"}
+    assert report.worst_weight_diff < 2e-3  # INC stores scales and weights in fp16
+    x = torch.rand(4, 1, 8, 8)
+    q.eval()
+    assert q(x).shape == (4, 10)
+
+
+def test_dict_config_and_set_local() -> None:
+    q = quantize(_mlp(), {"atmc": {"bits": 8, "eps": 0.1, "steps": 1}}, run_fn=_train)
+    assert type(q[1]).__name__ == "INCWeightOnlyLinear"
+    cfg = ATMCQuantConfig(bits=8, eps=0.1, steps=1)
+    cfg.set_local("3", ATMCQuantConfig(dtype="fp32"))
+    q = quantize(_mlp(), cfg, run_fn=_train)
+    assert type(q[1]).__name__ == "INCWeightOnlyLinear"
+    assert isinstance(q[3], nn.Linear)
+    assert session_of(q).op_names == ["1"]
+
+
+def test_json_round_trip(tmp_path) -> None:
+    cfg = ATMCQuantConfig(bits=4, group_size=32, eps=0.05, density=0.2)
+    path = tmp_path / "atmc.json"
+    cfg.to_json_file(str(path))
+    loaded = ATMCQuantConfig.from_json_file(str(path))
+    assert loaded.bits == 4 and loaded.group_size == 32 and loaded.density == 0.2
+    assert loaded.to_atmc(["1"]) == cfg.to_atmc(["1"])
+    cfg.set_local("3", ATMCQuantConfig(dtype="fp32"))
+    cfg.to_json_file(str(path))
+    again = ATMCQuantConfig.from_json_file(str(path))
+    assert again.local_config["3"].dtype == "fp32" and again.bits == 4
+
+
+def test_prepare_train_convert() -> None:
+    model = _mlp()
+    prepared = prepare(model, ATMCQuantConfig(bits=4, group_size=16, eps=0.1, steps=1))
+    _train(prepared, steps=3)
+    assert session_of(prepared).atmc.step_count == 3
+    q = convert(prepared)
+    assert conversion_report(q).worst_weight_diff < 2e-3
+
+
+def test_autotune_with_a_config_list() -> None:
+    def eval_fn(model: nn.Module) -> float:
+        model.eval()
+        with torch.no_grad():
+            return float(model(torch.rand(8, 1, 8, 8)).softmax(1).max(1).values.mean()) + 1.0
+
+    tuned = autotune(
+        _mlp(),
+        TuningConfig(
+            config_set=[
+                ATMCQuantConfig(bits=8, eps=0.1, steps=1),
+                ATMCQuantConfig(bits=4, group_size=16, eps=0.1, steps=1),
+            ],
+            max_trials=2,
+        ),
+        eval_fn=eval_fn,
+        run_fn=_train,
+    )
+    assert tuned is not None
+
+
+def test_bad_input() -> None:
+    with pytest.raises(ConfigError, match="needs run_fn"):
+        quantize(_mlp(), ATMCQuantConfig(bits=8))
+    with pytest.raises(ConfigError, match="INC static int8 quantizes weights to 8 bits"):
+        quantize(_mlp(), ATMCQuantConfig(bits=4, backend="pt2e"), run_fn=_train)
+    with pytest.raises(ConfigError, match=r"integer grids take 1\.\.8 bits"):
+        quantize(_mlp(), ATMCQuantConfig(bits=12), run_fn=_train)
+    cfg = ATMCQuantConfig(bits=8)
+    cfg.set_local("3", ATMCQuantConfig(bits=4))
+    with pytest.raises(ConfigError, match="different grids"):
+        quantize(_mlp(), cfg, run_fn=_train)
+    with pytest.raises(InputError, match="no ATMC session"):
+        session_of(_mlp())
+
+
+def test_wrap_turns_inc_configs_into_atmc_configs() -> None:
+    from neural_compressor.torch.quantization import RTNConfig, StaticQuantConfig
+
+    import atmc_plugin
+
+    atmc_cfg = atmc_plugin.ATMCConfig.from_dict(
+        {"attack": {"eps": 0.1, "steps": 3}, "constraint": {"density": 0.2}}
+    )
+    cfg = atmc_plugin.wrap(RTNConfig(bits=4, group_size=32, use_layer_wise=False), atmc_cfg)
+    assert isinstance(cfg, ATMCQuantConfig)
+    assert (cfg.bits, cfg.group_size, cfg.backend, cfg.density, cfg.eps) == (4, 32, "rtn", 0.2, 0.1)
+    static = atmc_plugin.wrap(StaticQuantConfig(), atmc_cfg)
+    assert (static.bits, static.backend) == (8, "pt2e")
+    wrong = atmc_plugin.ATMCConfig.from_dict({"constraint": {"bits": 4, "quantizer": "int"}})
+    with pytest.raises(ConfigError, match="ATMC must train for the grid INC will use"):
+        atmc_plugin.wrap(StaticQuantConfig(), wrong)
