@@ -58,7 +58,16 @@ def get_plugin_manager(
         if not pm.is_blocked(name):
             pm.register(importlib.import_module(module_name), name=name)
     if entry_points:
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        try:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        except Exception as exc:  # a broken third-party plugin must say which one it is
+            from .errors import PluginError
+
+            raise PluginError(
+                f"an installed atmc_plugin plugin failed to load: {type(exc).__name__}: {exc}. "
+                f"Fix or uninstall it, or block it by name with {BLOCK_ENV_VAR}=<name> "
+                "(see `pip show` / the entry points of the 'atmc_plugin' group)."
+            ) from exc
     pm.check_pending()
     return pm
 

@@ -149,3 +149,30 @@ def test_wrap_turns_inc_configs_into_atmc_configs() -> None:
     wrong = atmc_plugin.ATMCConfig.from_dict({"constraint": {"bits": 4, "quantizer": "int"}})
     with pytest.raises(ConfigError, match="ATMC must train for the grid INC will use"):
         atmc_plugin.wrap(StaticQuantConfig(), wrong)
+
+
+def test_unsupported_inc_versions_are_refused() -> None:
+    from atmc_plugin_adapters.inc.compat import check_supported
+
+    from atmc_plugin import ATMCError
+
+    check_supported("3.10")
+    check_supported("4.0.1")
+    with pytest.raises(ATMCError, match=r"3\.9\.1 is not supported.*pip install -U"):
+        check_supported("3.9.1")
+    with pytest.raises(ATMCError, match="needs Intel Neural Compressor's torch part"):
+        check_supported(None)
+
+
+def test_autotune_accepts_a_single_config() -> None:
+    from atmc_plugin_adapters.inc import autotune as atmc_autotune
+
+    tuned = atmc_autotune(
+        _mlp(),
+        ATMCQuantConfig(bits=8, eps=0.1, steps=1),
+        eval_fn=lambda m: 1.0,
+        run_fn=_train,
+    )
+    assert type(tuned[1]).__name__ == "INCWeightOnlyLinear"
+    with pytest.raises(ConfigError, match="non-empty list"):
+        atmc_autotune(_mlp(), [], eval_fn=lambda m: 1.0, run_fn=_train)

@@ -152,3 +152,13 @@ def test_import_has_no_side_effects() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_broken_plugin_named_with_escape_hatch(tmp_path, monkeypatch) -> None:
+    (tmp_path / "atmc_broken_plugin.py").write_text("raise ImportError('needs foo >= 2')\n")
+    _fake_distribution(tmp_path, "atmc-broken", "broken", "atmc_broken_plugin")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match=r"needs foo >= 2.*ATMC_PLUGIN_BLOCK=<name>"):
+        get_plugin_manager()
+    monkeypatch.setenv(BLOCK_ENV_VAR, "broken")
+    assert not get_plugin_manager().has_plugin("broken")

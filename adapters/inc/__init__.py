@@ -13,14 +13,20 @@ from typing import Any
 
 from atmc_plugin import ATMCConfig, ConfigError, hookimpl
 
-from .algorithm import ConversionReport, INCSession, conversion_report, session_of
-from .config import ALGO_NAME, ATMCQuantConfig
+from .compat import check_supported, installed_version
+
+check_supported(installed_version())  # before INC's registries are touched
+
+from .algorithm import ConversionReport, INCSession, conversion_report, session_of  # noqa: E402
+from .config import ALGO_NAME, ATMCQuantConfig  # noqa: E402
+from .tuning import autotune  # noqa: E402
 
 __all__ = [
     "ALGO_NAME",
     "ATMCQuantConfig",
     "ConversionReport",
     "INCSession",
+    "autotune",
     "conversion_report",
     "from_inc_config",
     "session_of",
