@@ -176,3 +176,23 @@ def test_autotune_accepts_a_single_config() -> None:
     assert type(tuned[1]).__name__ == "INCWeightOnlyLinear"
     with pytest.raises(ConfigError, match="non-empty list"):
         atmc_autotune(_mlp(), [], eval_fn=lambda m: 1.0, run_fn=_train)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_rtn_on_cuda(monkeypatch) -> None:
+    monkeypatch.delenv("INC_TARGET_DEVICE", raising=False)  # let INC pick CUDA itself
+    model = _mlp().cuda()
+
+    def train_cuda(m: nn.Module) -> None:
+        session = session_of(m)
+        opt = torch.optim.SGD(m.parameters(), lr=0.05)
+        x = torch.rand(16, 1, 8, 8, device="cuda")
+        y = torch.randint(0, 10, (16,), device="cuda")
+        loss = F.cross_entropy(m(session.perturb(x, y)), y) + session.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    q = quantize(model, ATMCQuantConfig(bits=4, group_size=16, eps=0.1, steps=1), run_fn=train_cuda)
+    assert conversion_report(q).worst_weight_diff < 2e-3
