@@ -14,6 +14,7 @@ from .core import ATMC
 from .errors import ATMCError, ConfigError, InputError, PluginError
 from .plugins import ENTRY_POINT_GROUP, get_plugin_manager, hookimpl
 from .report import CompressionReport
+from .robustness import RobustnessReport, RobustnessWarning, evaluate
 from .wrap import wrap
 
 try:
@@ -33,7 +34,10 @@ __all__ = [
     "ConstraintConfig",
     "InputError",
     "PluginError",
+    "RobustnessReport",
+    "RobustnessWarning",
     "__version__",
+    "evaluate",
     "get_plugin_manager",
     "hookimpl",
     "wrap",

@@ -80,6 +80,18 @@ def atmc_build_adapter(target: Any, config: ATMCConfig, options: Mapping[str, An
     """
 
 
+@hookspec(firstresult=True)
+def atmc_attackable_model(model: nn.Module) -> nn.Module | None:
+    """Return a differentiable copy of ``model`` with the same outputs, for white-box attacks,
+    or ``None`` when ``model`` is not of this plugin's kind (it is then attacked as it is).
+
+    Used by :func:`atmc_plugin.evaluate` for models whose gradients are missing or wrong, such as
+    INC's int8 graphs. Stops at first non-None result.
+
+    :param model: the model to evaluate.
+    """
+
+
 # -- notifications --------------------------------------------------------------------------
 @hookspec
 def atmc_after_projection(atmc: Any, step: int, stats: Mapping[str, Any]) -> None:

@@ -100,3 +100,15 @@ def test_show_atmc_int8_is_more_robust_than_plain_inc_int8() -> None:
     assert atmc_clean > 0.9
     assert atmc_pgd > plain_pgd, (atmc_pgd, plain_pgd)
     assert out["codes_atmc"] > 0.95  # INC keeps the integer codes ATMC trained with
+
+
+def test_evaluate_attacks_int8_through_the_plugin_copy() -> None:
+    from atmc_plugin import evaluate
+
+    torch.manual_seed(0)
+    model = DigitsCNN(width=8).eval()
+    x, y = _batch()
+    q = quantize_static_int8(model, x[:4], [(x, y)])
+    report = evaluate(q, (x, y), eps=0.1)
+    assert "zero-gradients" not in report.flags
+    assert report.robust <= report.clean

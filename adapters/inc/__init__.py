@@ -77,6 +77,15 @@ def from_inc_config(inc_config: Any, config: ATMCConfig) -> ATMCQuantConfig | No
 
 
 @hookimpl
+def atmc_attackable_model(model: Any) -> Any:
+    """INC/PT2E int8 graphs are attacked through their straight-through copy."""
+    from .pt2e import _attackable
+
+    copy = _attackable(model)
+    return None if copy is model else copy
+
+
+@hookimpl
 def atmc_build_adapter(target: Any, config: ATMCConfig, options: Mapping[str, Any]) -> Any:
     """INC configs become ATMC-trained INC configs; ``None`` for anything else."""
     if options:

@@ -1,0 +1,290 @@
+"""Honest robustness evaluation: strong gradient attacks, a gradient-free one, sanity checks.
+
+:func:`evaluate` returns clean accuracy, robust accuracy per attack and the worst case per
+sample (a point counts as robust only if every attack fails on it; attacks run in sequence on
+the points still robust, as AutoAttack does). Presets:
+
+- ``quick``: PGD-20 (step eps/8, random start) with 2 restarts;
+- ``standard``: PGD-20 with 5 restarts, then the AutoAttack ensemble with the reference step
+  counts (torchattacks' own ``AutoAttack`` uses 10): APGD-CE (100 steps), APGD-T (100 steps,
+  9 target classes), FAB-T (100 steps) and Square (5000 queries).
+
+Evaluation never changes the global RNG stream, the model's modes or its weights. Models that
+are not differentiable (INC int8 graphs) are attacked through the copy a plugin provides via
+``atmc_attackable_model``. Warnings explain likely gradient masking, in the spirit of
+auto-attack's flags: see ``docs/robustness.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .adversary import model_device
+from .errors import ConfigError, InputError
+from .plugins import get_plugin_manager
+
+PRESETS = ("quick", "standard")
+DOC = "docs/robustness.md"
+
+
+class RobustnessWarning(UserWarning):
+    """A robustness number that should not be trusted as it is (see ``docs/robustness.md``)."""
+
+
+@dataclass(frozen=True)
+class RobustnessReport:
+    """Clean and robust accuracy of one evaluation.
+
+    :param per_attack: accuracy under each attack alone (on all points).
+    :param robust: worst case per sample over all attacks.
+    """
+
+    eps: float
+    preset: str
+    n: int
+    clean: float
+    per_attack: dict[str, float]
+    robust: float
+    flags: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "eps": self.eps,
+            "preset": self.preset,
+            "n": self.n,
+            "clean": self.clean,
+            "per_attack": dict(self.per_attack),
+            "robust": self.robust,
+            "flags": list(self.flags),
+        }
+
+    def __str__(self) -> str:
+        parts = [f"clean {self.clean:.4f}"]
+        parts += [f"{k} {v:.4f}" for k, v in self.per_attack.items()]
+        parts.append(f"worst case {self.robust:.4f}")
+        return f"eps {self.eps:g} ({self.preset}, n={self.n}): " + ", ".join(parts)
+
+
+def _attacks(model: nn.Module, eps: float, preset: str, n_classes: int) -> list[tuple[str, Any]]:
+    import torchattacks
+
+    def pgd(restarts: int) -> Callable[[Tensor, Tensor], Tensor]:
+        attack = torchattacks.PGD(model, eps=eps, alpha=eps / 8, steps=20, random_start=True)
+
+        def run(x: Tensor, y: Tensor) -> Tensor:
+            best = x.clone()
+            todo = torch.ones(len(y), dtype=torch.bool, device=x.device)
+            for _ in range(restarts):
+                if not bool(todo.any()):
+                    break
+                adv = attack(x[todo], y[todo])
+                with torch.no_grad():
+                    fooled = model(adv).argmax(1) != y[todo]
+                idx = todo.nonzero().flatten()
+                best[idx[fooled]] = adv[fooled]
+                todo[idx[fooled]] = False
+            return best
+
+        return run
+
+    if preset == "quick":
+        return [("pgd20x2", pgd(2))]
+    targets = max(1, n_classes - 1)
+    return [
+        ("pgd20x5", pgd(5)),
+        ("apgd-ce", torchattacks.APGD(model, eps=eps, steps=100, loss="ce", seed=0)),
+        ("apgd-t", torchattacks.APGDT(model, eps=eps, steps=100, n_classes=targets + 1, seed=0)),
+        (
+            "fab-t",
+            torchattacks.FAB(
+                model, eps=eps, steps=100, multi_targeted=True, n_classes=targets + 1, seed=0
+            ),
+        ),
+        ("square", torchattacks.Square(model, eps=eps, n_queries=5000, seed=0)),
+    ]
+
+
+def _batches(data: Any, batch_size: int) -> Iterable[tuple[Tensor, Tensor]]:
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
+        x, y = data
+        if len(x) != len(y):
+            raise InputError(f"{len(x)} inputs but {len(y)} labels.")
+        for start in range(0, len(y), batch_size):
+            yield x[start : start + batch_size], y[start : start + batch_size]
+        return
+    yield from data
+
+
+def attackable(model: nn.Module, plugin_manager: Any = None) -> nn.Module:
+    """The model itself, or the differentiable copy a plugin provides (INC int8 graphs)."""
+    pm = plugin_manager if plugin_manager is not None else get_plugin_manager()
+    copy = pm.hook.atmc_attackable_model(model=model)
+    return model if copy is None else copy
+
+
+def evaluate(
+    model: nn.Module,
+    data: Any,
+    *,
+    eps: float,
+    preset: str = "quick",
+    batch_size: int = 256,
+    progress: bool = False,
+    sanity: bool = True,
+    plugin_manager: Any = None,
+) -> RobustnessReport:
+    """Clean and robust accuracy of ``model`` under l_inf attacks of radius ``eps``.
+
+    :param model: a classifier returning logits; inputs in [0, 1].
+    :param data: ``(x, y)`` tensors or an iterable of ``(x, y)`` batches.
+    :param eps: l_inf radius in input units.
+    :param preset: ``"quick"`` or ``"standard"`` (see the module docstring).
+    :param batch_size: batch size when ``data`` is a pair of tensors.
+    :param progress: show a tqdm progress bar (needs the ``examples`` extra).
+    :param sanity: run the gradient-masking checks and warn (:class:`RobustnessWarning`).
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"preset = {preset!r}: choose one of {', '.join(PRESETS)}.")
+    if not (isinstance(eps, (int, float)) and eps > 0):
+        raise ConfigError(f"eps = {eps!r} must be a positive number.")
+    flags: list[str] = []
+    # An exported graph's mode was fixed at export time; its `training` flag means nothing.
+    if model.training and not isinstance(model, torch.fx.GraphModule):
+        flags.append("train-mode")
+        _warn("the model was in train mode; it is evaluated in eval mode (and left as it was)")
+    target = attackable(model, plugin_manager)
+    modes = [(m, m.training) for m in (*model.modules(), *target.modules())]
+    devices = [model_device(target)] if model_device(target).type == "cuda" else []
+    correct_clean = 0
+    fooled_by: dict[str, int] = {}
+    worst = 0
+    total = 0
+    square_only = 0
+    grad_samples: list[Tensor] = []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            _to_eval(target)
+            batches = _batches(data, batch_size)
+            if progress:
+                from tqdm.auto import tqdm
+
+                batches = tqdm(batches, desc=f"evaluate eps={eps:g}", unit="batch")
+            for x, y in batches:
+                x = x.to(model_device(target)).float()
+                y = y.to(x.device).long()
+                with torch.no_grad():
+                    logits = target(x)
+                if sanity and total == 0:
+                    flags += _check_outputs(logits)
+                n_classes = int(logits.shape[1])
+                clean = logits.argmax(1) == y
+                correct_clean += int(clean.sum())
+                total += len(y)
+                robust = clean.clone()
+                gradient_fooled = torch.zeros_like(robust)
+                for name, attack in _attacks(target, float(eps), preset, n_classes):
+                    adv = attack(x, y)
+                    with torch.no_grad():
+                        ok = target(adv).argmax(1) == y
+                    fooled_by[name] = fooled_by.get(name, 0) + int((clean & ~ok).sum())
+                    if name == "square":
+                        square_only += int((robust & ~ok & ~gradient_fooled).sum())
+                    else:
+                        gradient_fooled |= clean & ~ok
+                    robust &= ok
+                worst += int(robust.sum())
+                if sanity and len(grad_samples) < 1:
+                    grad_samples.append(_input_gradients(target, x[:64], y[:64]))
+        finally:
+            for m, flag in modes:
+                m.training = flag
+    if total == 0:
+        raise InputError("evaluate() got no data.")
+    per_attack = {k: (correct_clean - v) / total for k, v in fooled_by.items()}
+    if sanity:
+        flags += _check_gradients(grad_samples)
+        if square_only > 0:
+            flags.append("gradient-free-wins")
+            _warn(
+                f"Square (gradient-free) fooled {square_only} points every gradient attack missed: "
+                "the gradients are likely masked (quantization, sparsity, non-differentiable ops)"
+            )
+    return RobustnessReport(
+        eps=float(eps),
+        preset=preset,
+        n=total,
+        clean=correct_clean / total,
+        per_attack=per_attack,
+        robust=worst / total,
+        flags=flags,
+    )
+
+
+def eps_sweep(
+    model: nn.Module, data: Any, eps_values: list[float], **kwargs: Any
+) -> list[RobustnessReport]:
+    """Evaluate at several radii and warn when robust accuracy does not fall as eps grows, or
+    stays above zero at a radius (0.5 on [0, 1] inputs) where every image can be made grey."""
+    reports = [evaluate(model, data, eps=e, **kwargs) for e in eps_values]
+    for small, large in itertools.pairwise(reports):
+        if large.robust > small.robust + 1e-9:
+            _warn(
+                f"robust accuracy rose from {small.robust:.4f} at eps {small.eps:g} to "
+                f"{large.robust:.4f} at eps {large.eps:g}: the attack is not converging"
+            )
+    for r in reports:
+        if r.eps >= 0.5 and r.robust > 0:
+            _warn(f"robust accuracy {r.robust:.4f} at eps {r.eps:g} should be 0: gradient masking")
+    return reports
+
+
+def _to_eval(model: nn.Module) -> None:
+    with contextlib.suppress(NotImplementedError):  # exported PT2E graphs refuse mode changes
+        model.eval()
+
+
+def _warn(message: str) -> None:
+    warnings.warn(f"{message}. See {DOC}.", RobustnessWarning, stacklevel=3)
+
+
+def _check_outputs(logits: Tensor) -> list[str]:
+    sums = logits.sum(1)
+    if bool((logits >= 0).all()) and bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3)):
+        _warn(
+            "the model outputs look like probabilities (non-negative, rows sum to 1); attacks "
+            "need logits: remove the final softmax"
+        )
+        return ["probability-outputs"]
+    return []
+
+
+def _input_gradients(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    xi = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        loss = nn.functional.cross_entropy(model(xi), y)
+        (grad,) = torch.autograd.grad(loss, xi, allow_unused=True)
+    if grad is None:
+        return torch.zeros(len(x))
+    return grad.flatten(1).abs().sum(1).detach().cpu()
+
+
+def _check_gradients(samples: list[Tensor]) -> list[str]:
+    if not samples:
+        return []
+    norms = torch.cat(samples)
+    share = float((norms == 0).float().mean())
+    if share > 0.1:
+        _warn(
+            f"{share:.0%} of the inputs have an exactly zero input gradient: gradient attacks "
+            "cannot work there (quantized or non-differentiable model)"
+        )
+        return ["zero-gradients"]
+    return []

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from atmc_plugin import ConfigError, RobustnessWarning, evaluate
+from atmc_plugin.robustness import eps_sweep
+
+
+def _data(n: int = 24):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_quick_evaluation_keeps_rng_modes_and_weights(tiny_model) -> None:
+    x, y = _data()
+    tiny_model.eval()
+    weights = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    report = evaluate(tiny_model, (x, y), eps=0.1, batch_size=10)
+    assert torch.equal(torch.rand(3), expected)  # the global RNG stream is untouched
+    assert not tiny_model.training
+    assert all(torch.equal(v, weights[k]) for k, v in tiny_model.state_dict().items())
+    assert report.n == 24 and 0 <= report.robust <= report.clean <= 1
+    assert report.robust <= min(report.per_attack.values())
+    assert "pgd20x2" in report.per_attack and "eps 0.1" in str(report)
+
+
+def test_standard_preset_runs_the_ensemble(tiny_model) -> None:
+    x, y = _data(8)
+    tiny_model.eval()
+    report = evaluate(tiny_model, (x, y), eps=0.3, preset="standard")
+    assert set(report.per_attack) == {"pgd20x5", "apgd-ce", "apgd-t", "fab-t", "square"}
+    assert report.robust <= report.clean
+
+
+def test_train_mode_warns_and_is_restored(tiny_model) -> None:
+    tiny_model.train()
+    with pytest.warns(RobustnessWarning, match="train mode"):
+        report = evaluate(tiny_model, _data(), eps=0.1)
+    assert tiny_model.training and "train-mode" in report.flags
+
+
+def test_probability_outputs_warn(tiny_model) -> None:
+    model = nn.Sequential(tiny_model, nn.Softmax(dim=1)).eval()
+    with pytest.warns(RobustnessWarning, match="probabilities"):
+        evaluate(model, _data(), eps=0.1)
+
+
+class _Masked(nn.Module):
+    """Rounds its input before a linear layer: zero gradients, but not robust."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = x + (torch.round(x * 4) / 4 - x).detach() * 0 + (torch.round(x * 4) / 4 - x)
+        return self.fc(q.flatten(1))
+
+
+def test_masked_gradients_are_flagged() -> None:
+    x, _ = _data(32)
+    model = _Masked().eval()
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every point clean-correct
+    with pytest.warns(RobustnessWarning) as record:
+        report = evaluate(model, (x, y), eps=0.3, preset="standard")
+    messages = " ".join(str(w.message) for w in record)
+    assert "zero input gradient" in messages
+    assert "zero-gradients" in report.flags
+
+
+def test_eps_sweep_flags_robustness_at_huge_eps() -> None:
+    class Constant(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bias = nn.Parameter(torch.zeros(10))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bias.expand(len(x), 10) + 0 * x.flatten(1)[:, :10]
+
+    x, _ = _data(8)
+    y = torch.zeros(8, dtype=torch.long)
+    with pytest.warns(RobustnessWarning, match="should be 0"):
+        eps_sweep(Constant().eval(), (x, y), [0.1, 0.5], sanity=False)
+
+
+def test_bad_input(tiny_model) -> None:
+    with pytest.raises(ConfigError, match="preset"):
+        evaluate(tiny_model, _data(), eps=0.1, preset="fast")
+    with pytest.raises(ConfigError, match="eps"):
+        evaluate(tiny_model, _data(), eps=0)
