@@ -1,0 +1,210 @@
+"""Storage-honest size and a compact export of ATMC-compressed models (safetensors, no pickle).
+
+A compressed tensor is stored as:
+
+- its support: a packed bitmap (1 bit per element) or sorted int32 positions, whichever is
+  smaller;
+- its non-zero values as ``bits``-bit codes, bit-packed;
+- its quantization set: the float32 codebook (codebook quantizer) or per-block float32 scales and
+  zero points (integer grid); with no quantization the non-zeros are stored as float32.
+
+Every other tensor of the state dict (biases, BatchNorm, buffers, uncompressed layers) is stored
+as it is. :func:`storage_bits` counts exactly what :func:`save_compact` writes (the safetensors
+header aside), and :func:`load_compact` rebuilds a state dict with identical values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .errors import InputError
+
+FORMAT = "atmc-compact/1"
+
+
+@dataclass(frozen=True)
+class StorageReport:
+    """Bits per part: codes, support indices, quantization sets and everything uncompressed."""
+
+    codes: int
+    indices: int
+    quant_sets: int
+    uncompressed: int
+    dense_bits: int
+
+    @property
+    def total_bits(self) -> int:
+        return self.codes + self.indices + self.quant_sets + self.uncompressed
+
+    @property
+    def total_bytes(self) -> int:
+        return math.ceil(self.total_bits / 8)
+
+    @property
+    def ratio(self) -> float:
+        """Storage-honest size over the dense float32 state dict."""
+        return self.total_bits / self.dense_bits if self.dense_bits else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "codes_bits": self.codes,
+            "index_bits": self.indices,
+            "quant_set_bits": self.quant_sets,
+            "uncompressed_bits": self.uncompressed,
+            "total_bytes": self.total_bytes,
+            "dense_bytes": self.dense_bits // 8,
+            "storage_ratio": self.ratio,
+        }
+
+
+def _pack_bits(values: np.ndarray, width: int) -> np.ndarray:
+    """Pack non-negative integers < 2**width into a uint8 array, ``width`` bits each."""
+    if values.size == 0:
+        return np.zeros(0, dtype=np.uint8)
+    shifts = np.arange(width - 1, -1, -1, dtype=np.uint32)
+    bits = ((values.astype(np.uint32)[:, None] >> shifts) & 1).astype(np.uint8)
+    return np.packbits(bits.reshape(-1))
+
+
+def _unpack_bits(packed: np.ndarray, width: int, count: int) -> np.ndarray:
+    bits = np.unpackbits(packed)[: count * width].reshape(count, width).astype(np.uint32)
+    weights = 1 << np.arange(width - 1, -1, -1, dtype=np.uint32)
+    return (bits * weights).sum(axis=1)
+
+
+def _support(flat: Tensor) -> tuple[str, np.ndarray]:
+    """The cheaper encoding of the non-zero positions: bitmap or int32 positions."""
+    mask = (flat != 0).cpu().numpy()
+    nnz = int(mask.sum())
+    if nnz * 32 < mask.size:
+        return "positions", np.flatnonzero(mask).astype(np.int32)
+    return "bitmap", np.packbits(mask.astype(np.uint8))
+
+
+def _compress(flat: Tensor, bits: int | None, qstate: Any, quantizer: str) -> dict[str, Any]:
+    kind, support = _support(flat)
+    values = flat[flat != 0]
+    entry: dict[str, Any] = {"support_kind": kind, "support": support, "numel": flat.numel()}
+    if bits is None or qstate is None:
+        entry["values"] = values.float().cpu().numpy()
+        return entry
+    if quantizer == "codebook":
+        book = qstate.double().cpu()
+        nonzero_book = book[book != 0].float()
+        idx = torch.bucketize(values.float().cpu(), nonzero_book)
+        idx = idx.clamp_(max=len(nonzero_book) - 1)
+        exact = nonzero_book[idx] == values.float().cpu()
+        if not bool(exact.all()):
+            raise InputError(
+                "a compressed tensor holds values outside its codebook; finalize() first."
+            )
+        entry.update(codes=_pack_bits(idx.numpy(), bits), codebook=nonzero_book.numpy(), bits=bits)
+        return entry
+    raise InputError("compact export of integer-grid tensors: export after INC conversion instead.")
+
+
+def storage_bits(entry: dict[str, Any]) -> tuple[int, int, int]:
+    """(code bits, index bits, quantization-set bits) of one compressed entry."""
+    index_bits = entry["support"].size * (8 if entry["support_kind"] == "bitmap" else 32)
+    if "codes" in entry:
+        return entry["codes"].size * 8, index_bits, entry["codebook"].size * 32
+    return entry["values"].size * 32, index_bits, 0
+
+
+def _entries(model: nn.Module, atmc: Any) -> tuple[dict[str, dict[str, Any]], dict[str, Tensor]]:
+    params = atmc.parameters()
+    bits = atmc.config.constraint.bits
+    quantizer = atmc.config.constraint.quantizer
+    compressed = {
+        name: _compress(p.detach().reshape(-1), bits, atmc.qstates.get(name), quantizer)
+        for name, p in params.items()
+    }
+    rest = {k: v for k, v in atmc.module.state_dict().items() if k not in compressed}
+    return compressed, rest
+
+
+def storage_report(model: nn.Module, atmc: Any) -> StorageReport:
+    """Storage-honest size of ``model`` compressed by ``atmc`` (call after ``finalize()``)."""
+    compressed, rest = _entries(model, atmc)
+    codes = indices = sets = 0
+    for entry in compressed.values():
+        c, i, s = storage_bits(entry)
+        codes, indices, sets = codes + c, indices + i, sets + s
+    uncompressed = sum(t.numel() * t.element_size() * 8 for t in rest.values())
+    dense = uncompressed + sum(e["numel"] * 32 for e in compressed.values())
+    return StorageReport(codes, indices, sets, uncompressed, dense)
+
+
+def save_compact(path: str | Path, model: nn.Module, atmc: Any) -> StorageReport:
+    """Write the compact file; returns its :class:`StorageReport`."""
+    from safetensors.numpy import save_file
+
+    compressed, rest = _entries(model, atmc)
+    arrays: dict[str, np.ndarray] = {}
+    layout: dict[str, Any] = {}
+    for name, entry in compressed.items():
+        arrays[f"{name}::support"] = entry["support"]
+        meta = {
+            "support_kind": entry["support_kind"],
+            "numel": entry["numel"],
+            "shape": list(atmc.parameters()[name].shape),
+        }
+        if "codes" in entry:
+            arrays[f"{name}::codes"] = entry["codes"]
+            arrays[f"{name}::codebook"] = entry["codebook"]
+            meta["bits"] = entry["bits"]
+        else:
+            arrays[f"{name}::values"] = entry["values"]
+        meta["nnz"] = int(_count(entry))
+        layout[name] = meta
+    for name, tensor in rest.items():
+        arrays[name] = tensor.detach().cpu().numpy()
+    save_file(arrays, str(path), metadata={"format": FORMAT, "layout": json.dumps(layout)})
+    return storage_report(model, atmc)
+
+
+def _count(entry: dict[str, Any]) -> int:
+    if entry["support_kind"] == "positions":
+        return int(entry["support"].size)
+    bits = np.unpackbits(entry["support"])[: entry["numel"]]
+    return int(bits.sum())
+
+
+def load_compact(path: str | Path) -> dict[str, Tensor]:
+    """Rebuild the full state dict written by :func:`save_compact` (load it into the model)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as handle:
+        meta = handle.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise InputError(f"{str(path)!r} is not an atmc-plugin compact file ({FORMAT}).")
+        layout = json.loads(meta["layout"])
+        arrays = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    state: dict[str, Tensor] = {}
+    for name, info in layout.items():
+        numel, nnz = info["numel"], info["nnz"]
+        support = arrays[f"{name}::support"]
+        if info["support_kind"] == "positions":
+            positions = support.astype(np.int64)
+        else:
+            positions = np.flatnonzero(np.unpackbits(support)[:numel])
+        if f"{name}::codes" in arrays:
+            idx = _unpack_bits(arrays[f"{name}::codes"], info["bits"], nnz)
+            values = arrays[f"{name}::codebook"][idx]
+        else:
+            values = arrays[f"{name}::values"]
+        flat = np.zeros(numel, dtype=np.float32)
+        flat[positions] = values
+        state[name] = torch.from_numpy(flat.reshape(info["shape"]))
+    for key, array in arrays.items():
+        if "::" not in key:
+            state[key] = torch.from_numpy(np.ascontiguousarray(array))
+    return state

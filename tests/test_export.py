@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from atmc_plugin import ATMC, ADMMConfig, ATMCConfig, AttackConfig, ConstraintConfig, InputError
+from atmc_plugin.export import load_compact, save_compact, storage_report
+from atmc_plugin.models import DigitsCNN
+
+
+def _compressed(density: float | None, bits: int | None):
+    torch.manual_seed(0)
+    model = DigitsCNN(width=16)
+    cfg = ATMCConfig(
+        attack=AttackConfig(eps=0.1, steps=1),
+        constraint=ConstraintConfig(density=density, bits=bits),
+        admm=ADMMConfig(interval=2),
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    atmc = ATMC(model, cfg, optimizer=opt)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(3):
+        x, y = torch.rand(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
+        loss = F.cross_entropy(model(atmc.perturb(x, y)), y) + atmc.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    atmc.finalize()
+    return model, atmc
+
+
+@pytest.mark.parametrize(("density", "bits"), [(0.02, 4), (0.3, 8), (0.05, None), (None, 2)])
+def test_compact_round_trip_and_size(tmp_path, density, bits) -> None:
+    model, atmc = _compressed(density, bits)
+    path = tmp_path / "model.safetensors"
+    report = save_compact(path, model, atmc)
+    fresh = DigitsCNN(width=16)
+    fresh.load_state_dict(load_compact(path))
+    model.eval(), fresh.eval()
+    x = torch.rand(8, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), fresh(x))
+    size = path.stat().st_size
+    header = int.from_bytes(path.read_bytes()[:8], "little") + 8
+    assert report.total_bytes <= size - header <= report.total_bytes + 64 * 16  # alignment slack
+    assert report == storage_report(model, atmc)
+    dense = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert size < dense
+    if density == 0.02:
+        assert report.ratio < 0.1  # 2% of the weights at 4 bits, plus biases/BN and indices
+
+
+def test_foreign_file_refused(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "other.safetensors"
+    save_file({"a": torch.zeros(2)}, str(path))
+    with pytest.raises(InputError, match="not an atmc-plugin compact file"):
+        load_compact(path)
