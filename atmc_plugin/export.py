@@ -208,3 +208,37 @@ def load_compact(path: str | Path) -> dict[str, Tensor]:
         if "::" not in key:
             state[key] = torch.from_numpy(np.ascontiguousarray(array))
     return state
+
+
+def layer_costs(model: nn.Module, example_inputs: Tensor) -> dict[str, dict[str, int]]:
+    """Parameters and multiply-accumulates per conv/linear layer, for one example batch.
+
+    MACs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` (FLOPs / 2) on the
+    model as it is now (after structural pruning), in eval mode; modes are restored.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layers = {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+    }
+    modes = [(m, m.training) for m in model.modules()]
+    counter = FlopCounterMode(display=False)
+    try:
+        model.eval()
+        with torch.no_grad(), counter:
+            model(example_inputs)
+    finally:
+        for m, flag in modes:
+            m.training = flag
+    flops = counter.get_flop_counts()
+    out = {}
+    for name, module in layers.items():
+        key = f"{type(model).__name__}.{name}" if name else type(model).__name__
+        per_op = flops.get(key, {})
+        out[name] = {
+            "params": sum(p.numel() for p in module.parameters(recurse=False)),
+            "macs": int(sum(per_op.values()) // 2),
+        }
+    return out

@@ -59,3 +59,15 @@ def test_foreign_file_refused(tmp_path) -> None:
     save_file({"a": torch.zeros(2)}, str(path))
     with pytest.raises(InputError, match="not an atmc-plugin compact file"):
         load_compact(path)
+
+
+def test_layer_costs_match_hand_count() -> None:
+    from atmc_plugin.export import layer_costs
+
+    model = DigitsCNN(width=8)
+    model.train()
+    costs = layer_costs(model, torch.rand(1, 1, 8, 8))
+    assert model.training
+    assert costs["features.0"] == {"params": 8 * 1 * 9, "macs": 8 * 1 * 9 * 64}
+    assert costs["features.7"]["macs"] == 32 * 16 * 9 * 16  # after 2x2 max-pool: 4x4
+    assert costs["fc"] == {"params": 32 * 10 + 10, "macs": 32 * 10}
