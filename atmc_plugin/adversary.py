@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .config import AttackConfig
 from .errors import InputError, PluginError, did_you_mean
+from .modes import preserved_modes
 
 AttackFn = Callable[[Tensor, Tensor], Tensor]
 _RANGE_TOLERANCE = 1e-5
@@ -153,20 +154,20 @@ class Adversary:
         return self.from_pixels(adv).to(x.device)
 
     def _run(self, pixels: Tensor, y: Tensor) -> Tensor:
-        assert self._attack is not None
-        modes = [(m, m.training) for m in self._target.modules()]
+        attack = self._attack
+        if attack is None:  # _build() either sets it or raises
+            raise PluginError(f"attack {self.config.name!r} was not built.")
         grads = [(p, p.requires_grad) for p in self._target.parameters()]
-        try:
-            self._target.eval()
-            for p, _ in grads:
-                p.requires_grad_(False)
-            with torch.enable_grad():
-                adv = self._attack(pixels, y)
-        finally:
-            for p, flag in grads:
-                p.requires_grad_(flag)
-            for m, flag in modes:
-                m.training = flag
+        with preserved_modes(self._target):
+            try:
+                self._target.eval()
+                for p, _ in grads:
+                    p.requires_grad_(False)
+                with torch.enable_grad():
+                    adv = attack(pixels, y)
+            finally:
+                for p, flag in grads:
+                    p.requires_grad_(flag)
         if not isinstance(adv, Tensor) or adv.shape != pixels.shape:
             raise PluginError(
                 f"attack {self.config.name!r} returned {type(adv).__name__} "

@@ -242,6 +242,22 @@ class ConstraintConfig:
                 s, "layer_filter", self.layer_filter, "expected filter(module, name) -> bool."
             )
 
+    def budget_for(self, dense_numel: int) -> int | None:
+        """Non-zero budget over ``dense_numel`` compressible weights (``None``: no sparsity).
+
+        :raises ConfigError: ``nnz`` exceeds ``dense_numel``.
+        """
+        if self.nnz is not None:
+            if self.nnz > dense_numel:
+                raise ConfigError(
+                    f"constraint.nnz = {self.nnz} exceeds the {dense_numel} weights of the "
+                    "selected layers; lower it or use density."
+                )
+            return self.nnz
+        if self.density is not None:
+            return max(1, round(self.density * dense_numel))
+        return None
+
     @property
     def sparse(self) -> bool:
         return self.density is not None or self.nnz is not None

@@ -8,7 +8,7 @@
         loss = criterion(model(x_adv), y) + atmc.penalty()
         optimizer.zero_grad(); loss.backward(); optimizer.step()  # projections run here
     atmc.finalize()          # hard projection; later steps keep mask and codebook fixed
-    print(atmc.report())
+    report = atmc.report()
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .config import ATMCConfig
 from .engine.admm import ADMMState
 from .engine.factorize import FACTOR_NAMES, factorize, is_factorized
 from .errors import ConfigError, InputError, PluginError
-from .layers import select_layers
+from .layers import layer_weight, select_layers
 from .plugins import get_plugin_manager
 from .report import CompressionReport, build_report
 
@@ -74,7 +74,7 @@ class ATMC:
                 f"{list(constraint.exclude)!r} select no Conv or Linear layer of "
                 f"{type(self.module).__name__}; widen the patterns."
             )
-        weights = {f"{name}.weight": _weight(module) for name, module in layers}
+        weights = {f"{name}.weight": layer_weight(module) for name, module in layers}
         for name, weight in weights.items():
             _check_finite(name, weight)
         self.dense_numel = (
@@ -82,7 +82,7 @@ class ATMC:
             if dense_numel is not None
             else sum(w.numel() for w in weights.values())
         )
-        self.budget = self._budget()
+        self.budget = constraint.budget_for(self.dense_numel)
         projection = self.plugin_manager.hook.atmc_build_projection(config=constraint)
         if projection is None:
             raise PluginError("no installed plugin builds a projection for this constraint.")
@@ -108,19 +108,6 @@ class ATMC:
             self.attach(optimizer)
 
     # -- setup -------------------------------------------------------------------------------
-    def _budget(self) -> int | None:
-        c = self.config.constraint
-        if c.nnz is not None:
-            if c.nnz > self.dense_numel:
-                raise ConfigError(
-                    f"constraint.nnz = {c.nnz} exceeds the {self.dense_numel} weights of the "
-                    "selected layers; lower it or use density."
-                )
-            return c.nnz
-        if c.density is not None:
-            return max(1, round(c.density * self.dense_numel))
-        return None
-
     def _compressed_names(self, layers: list[tuple[str, nn.Module]]) -> list[str]:
         names = []
         for name, module in layers:
@@ -349,13 +336,6 @@ class ATMC:
         self.frozen = bool(state["frozen"])
         self.qstates = dict(state["qstates"])
         self.masks = dict(state["masks"])
-
-
-def _weight(module: nn.Module) -> Tensor:
-    weight = module.weight
-    if not isinstance(weight, Tensor):
-        raise InputError(f"{type(module).__name__} has no weight tensor to compress.")
-    return weight
 
 
 def _check_finite(name: str, tensor: Tensor, step: int | None = None) -> None:

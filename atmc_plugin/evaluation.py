@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from .adversary import Adversary
 from .config import AttackConfig
+from .modes import preserved_modes
 from .plugins import get_plugin_manager
 
 
@@ -17,16 +18,11 @@ def quick_robust_accuracy(
 
     The model's modes are restored afterwards.
     """
-    modes = [(m, m.training) for m in model.modules()]
     attack = Adversary(
         model, AttackConfig(name="pgd", eps=eps, steps=steps, alpha=eps / 4), get_plugin_manager()
     )
-    try:
+    with preserved_modes(model), torch.no_grad():
         model.eval()
-        with torch.no_grad():
-            clean = (model(x).argmax(1) == y).float().mean().item()
-            robust = (model(attack(x, y)).argmax(1) == y).float().mean().item()
-    finally:
-        for m, flag in modes:
-            m.training = flag
+        clean = (model(x).argmax(1) == y).float().mean().item()
+        robust = (model(attack(x, y)).argmax(1) == y).float().mean().item()
     return clean, robust

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import InputError
+from .modes import preserved_modes
 
 FORMAT = "atmc-compact/1"
 
@@ -89,10 +90,17 @@ def _support(flat: Tensor) -> tuple[str, np.ndarray]:
     return "bitmap", np.packbits(mask.astype(np.uint8))
 
 
-def _compress(flat: Tensor, bits: int | None, qstate: Any, quantizer: str) -> dict[str, Any]:
+def _compress(tensor: Tensor, bits: int | None, qstate: Any, quantizer: str) -> dict[str, Any]:
+    flat = tensor.detach().reshape(-1)
     kind, support = _support(flat)
     values = flat[flat != 0]
-    entry: dict[str, Any] = {"support_kind": kind, "support": support, "numel": flat.numel()}
+    entry: dict[str, Any] = {
+        "support_kind": kind,
+        "support": support,
+        "numel": flat.numel(),
+        "shape": list(tensor.shape),
+        "nnz": int(values.numel()),
+    }
     if bits is None or qstate is None:
         entry["values"] = values.float().cpu().numpy()
         return entry
@@ -119,13 +127,12 @@ def storage_bits(entry: dict[str, Any]) -> tuple[int, int, int]:
     return entry["values"].size * 32, index_bits, 0
 
 
-def _entries(model: nn.Module, atmc: Any) -> tuple[dict[str, dict[str, Any]], dict[str, Tensor]]:
-    params = atmc.parameters()
+def _entries(atmc: Any) -> tuple[dict[str, dict[str, Any]], dict[str, Tensor]]:
     bits = atmc.config.constraint.bits
     quantizer = atmc.config.constraint.quantizer
     compressed = {
-        name: _compress(p.detach().reshape(-1), bits, atmc.qstates.get(name), quantizer)
-        for name, p in params.items()
+        name: _compress(p, bits, atmc.qstates.get(name), quantizer)
+        for name, p in atmc.parameters().items()
     }
     rest = {k: v for k, v in atmc.module.state_dict().items() if k not in compressed}
     return compressed, rest
@@ -133,7 +140,10 @@ def _entries(model: nn.Module, atmc: Any) -> tuple[dict[str, dict[str, Any]], di
 
 def storage_report(model: nn.Module, atmc: Any) -> StorageReport:
     """Storage-honest size of ``model`` compressed by ``atmc`` (call after ``finalize()``)."""
-    compressed, rest = _entries(model, atmc)
+    return _report(*_entries(atmc))
+
+
+def _report(compressed: dict[str, dict[str, Any]], rest: dict[str, Tensor]) -> StorageReport:
     codes = indices = sets = 0
     for entry in compressed.values():
         c, i, s = storage_bits(entry)
@@ -147,35 +157,23 @@ def save_compact(path: str | Path, model: nn.Module, atmc: Any) -> StorageReport
     """Write the compact file; returns its :class:`StorageReport`."""
     from safetensors.numpy import save_file
 
-    compressed, rest = _entries(model, atmc)
+    compressed, rest = _entries(atmc)
     arrays: dict[str, np.ndarray] = {}
     layout: dict[str, Any] = {}
     for name, entry in compressed.items():
         arrays[f"{name}::support"] = entry["support"]
-        meta = {
-            "support_kind": entry["support_kind"],
-            "numel": entry["numel"],
-            "shape": list(atmc.parameters()[name].shape),
-        }
+        meta = {key: entry[key] for key in ("support_kind", "numel", "shape", "nnz")}
         if "codes" in entry:
             arrays[f"{name}::codes"] = entry["codes"]
             arrays[f"{name}::codebook"] = entry["codebook"]
             meta["bits"] = entry["bits"]
         else:
             arrays[f"{name}::values"] = entry["values"]
-        meta["nnz"] = int(_count(entry))
         layout[name] = meta
     for name, tensor in rest.items():
         arrays[name] = tensor.detach().cpu().numpy()
     save_file(arrays, str(path), metadata={"format": FORMAT, "layout": json.dumps(layout)})
-    return storage_report(model, atmc)
-
-
-def _count(entry: dict[str, Any]) -> int:
-    if entry["support_kind"] == "positions":
-        return int(entry["support"].size)
-    bits = np.unpackbits(entry["support"])[: entry["numel"]]
-    return int(bits.sum())
+    return _report(compressed, rest)
 
 
 def load_compact(path: str | Path) -> dict[str, Tensor]:
@@ -223,15 +221,10 @@ def layer_costs(model: nn.Module, example_inputs: Tensor) -> dict[str, dict[str,
         for name, m in model.named_modules()
         if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
     }
-    modes = [(m, m.training) for m in model.modules()]
     counter = FlopCounterMode(display=False)
-    try:
+    with preserved_modes(model), torch.no_grad(), counter:
         model.eval()
-        with torch.no_grad(), counter:
-            model(example_inputs)
-    finally:
-        for m, flag in modes:
-            m.training = flag
+        model(example_inputs)
     flops = counter.get_flop_counts()
     out = {}
     for name, module in layers.items():

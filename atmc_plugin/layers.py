@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
-from torch import nn
+from torch import Tensor, nn
 
 from .config import ConstraintConfig
+from .errors import InputError
 
 COMPRESSIBLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
 
@@ -29,3 +30,11 @@ def select_layers(model: nn.Module, config: ConstraintConfig) -> list[tuple[str,
             continue
         chosen.append((name, module))
     return chosen
+
+
+def layer_weight(module: nn.Module) -> Tensor:
+    """The ``weight`` tensor of a conv/linear layer (typed; a clear error if there is none)."""
+    weight = module.weight
+    if not isinstance(weight, Tensor):
+        raise InputError(f"{type(module).__name__} has no weight tensor to compress.")
+    return weight

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from .adversary import model_device
 from .errors import ConfigError, InputError
+from .modes import preserved_modes
 from .plugins import get_plugin_manager
 
 PRESETS = ("quick", "standard")
@@ -161,7 +162,6 @@ def evaluate(
         flags.append("train-mode")
         _warn("the model was in train mode; it is evaluated in eval mode (and left as it was)")
     target = attackable(model, plugin_manager)
-    modes = [(m, m.training) for m in (*model.modules(), *target.modules())]
     devices = [model_device(target)] if model_device(target).type == "cuda" else []
     correct_clean = 0
     fooled_by: dict[str, int] = {}
@@ -169,43 +169,39 @@ def evaluate(
     total = 0
     square_only = 0
     grad_samples: list[Tensor] = []
-    with torch.random.fork_rng(devices=devices):
-        try:
-            _to_eval(target)
-            batches = _batches(data, batch_size)
-            if progress:
-                from tqdm.auto import tqdm
+    with torch.random.fork_rng(devices=devices), preserved_modes(model, target):
+        _to_eval(target)
+        batches = _batches(data, batch_size)
+        if progress:
+            from tqdm.auto import tqdm
 
-                batches = tqdm(batches, desc=f"evaluate eps={eps:g}", unit="batch")
-            for x, y in batches:
-                x = x.to(model_device(target)).float()
-                y = y.to(x.device).long()
+            batches = tqdm(batches, desc=f"evaluate eps={eps:g}", unit="batch")
+        for x, y in batches:
+            x = x.to(model_device(target)).float()
+            y = y.to(x.device).long()
+            with torch.no_grad():
+                logits = target(x)
+            if sanity and total == 0:
+                flags += _check_outputs(logits)
+            n_classes = int(logits.shape[1])
+            clean = logits.argmax(1) == y
+            correct_clean += int(clean.sum())
+            total += len(y)
+            robust = clean.clone()
+            gradient_fooled = torch.zeros_like(robust)
+            for name, attack in _attacks(target, float(eps), preset, n_classes):
+                adv = attack(x, y)
                 with torch.no_grad():
-                    logits = target(x)
-                if sanity and total == 0:
-                    flags += _check_outputs(logits)
-                n_classes = int(logits.shape[1])
-                clean = logits.argmax(1) == y
-                correct_clean += int(clean.sum())
-                total += len(y)
-                robust = clean.clone()
-                gradient_fooled = torch.zeros_like(robust)
-                for name, attack in _attacks(target, float(eps), preset, n_classes):
-                    adv = attack(x, y)
-                    with torch.no_grad():
-                        ok = target(adv).argmax(1) == y
-                    fooled_by[name] = fooled_by.get(name, 0) + int((clean & ~ok).sum())
-                    if name == "square":
-                        square_only += int((robust & ~ok & ~gradient_fooled).sum())
-                    else:
-                        gradient_fooled |= clean & ~ok
-                    robust &= ok
-                worst += int(robust.sum())
-                if sanity and len(grad_samples) < 1:
-                    grad_samples.append(_input_gradients(target, x[:64], y[:64]))
-        finally:
-            for m, flag in modes:
-                m.training = flag
+                    ok = target(adv).argmax(1) == y
+                fooled_by[name] = fooled_by.get(name, 0) + int((clean & ~ok).sum())
+                if name == "square":
+                    square_only += int((robust & ~ok & ~gradient_fooled).sum())
+                else:
+                    gradient_fooled |= clean & ~ok
+                robust &= ok
+            worst += int(robust.sum())
+            if sanity and len(grad_samples) < 1:
+                grad_samples.append(_input_gradients(target, x[:64], y[:64]))
     if total == 0:
         raise InputError("evaluate() got no data.")
     per_attack = {k: (correct_clean - v) / total for k, v in fooled_by.items()}

@@ -18,6 +18,7 @@ from torch import nn
 from atmc_plugin import InputError
 from atmc_plugin.adversary import model_device
 from atmc_plugin.io import save_atomically
+from atmc_plugin.modes import preserved_modes
 
 if TYPE_CHECKING:
     from .pruner import ATMCPruner
@@ -74,11 +75,7 @@ def load_pruned(path: str | Path, model: nn.Module, example_inputs: Any) -> dict
 def _restructure(model: nn.Module, example_inputs: Any, history: Any, weights: Any) -> None:
     import torch_pruning as tp
 
-    modes = [(m, m.training) for m in model.modules()]
-    try:
+    with preserved_modes(model):
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
         graph.load_pruning_history(history)
         model.load_state_dict(weights)
-    finally:
-        for m, flag in modes:
-            m.training = flag

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from atmc_plugin import InputError
+from atmc_plugin.modes import preserved_modes
 
 if TYPE_CHECKING:
     from .pruner import ATMCPruner
@@ -175,9 +176,8 @@ class RobustTaylorImportance(_SaliencyImportance):
         model = owner.model
         params = [p for p in model.parameters() if p.requires_grad]
         acc = [torch.zeros_like(p) for p in params]
-        modes = [(m, m.training) for m in model.modules()]
         device = params[0].device if params else torch.device("cpu")
-        try:
+        with preserved_modes(model):
             model.eval()
             for i, (x, y) in enumerate(self.batches()):
                 if i >= self.num_batches:
@@ -190,9 +190,6 @@ class RobustTaylorImportance(_SaliencyImportance):
                 for a, p, g in zip(acc, params, grads, strict=True):
                     if g is not None:
                         a += (p.detach() * g).abs()
-        finally:
-            for m, flag in modes:
-                m.training = flag
         self._saliency = {id(p): a for p, a in zip(params, acc, strict=True)}
 
     def follow(self, change: Any) -> None:

@@ -14,7 +14,7 @@
             pruner.regularize(model, loss)  # the pruner's own regularizer (+ RGSM if enabled)
             optimizer.step()                # ATMC projections run from an optimizer hook
     pruner.finalize()
-    print(pruner.report())
+    report = pruner.report()
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from atmc_plugin import ATMC, ATMCConfig, ConfigError, InputError
 from atmc_plugin.adversary import model_device
-from atmc_plugin.layers import select_layers
+from atmc_plugin.layers import layer_weight, select_layers
+from atmc_plugin.modes import preserved_modes
 
 from . import slicing
 from .report import PruningReport, build_pruning_report
@@ -156,17 +157,13 @@ class ATMCPruner:
         return None
 
     def _interactive_step(self) -> Generator[Any, None, None]:
-        modes = [(m, m.training) for m in self.model.modules()]
-        prepare = getattr(self._pruner.importance, "prepare", None)
-        if callable(prepare):
-            prepare()
-        try:
+        with preserved_modes(self.model):
+            prepare = getattr(self._pruner.importance, "prepare", None)
+            if callable(prepare):
+                prepare()
             groups = self._pruner.step(interactive=True)
             for group in groups or ():
                 yield _TrackedGroup(group, self)
-        finally:
-            for m, flag in modes:
-                m.training = flag
         self._after_step()
 
     def _prune_group(self, group: Any, *args: Any, **kwargs: Any) -> None:
@@ -281,34 +278,31 @@ def _check_budget_not_undercut(
 
     import torch_pruning as tp
 
-    dense = sum(_layer_weight(m).numel() for _, m in layers)
-    budget = c.nnz if c.nnz is not None else round((c.density or 1.0) * dense)
+    dense = sum(layer_weight(m).numel() for _, m in layers)
+    budget = c.budget_for(dense)
+    if budget is None:
+        return
     clone = copy.deepcopy(model)
     by_name = dict(clone.named_modules())
     names = {m: n for n, m in model.named_modules()}
     ignored = [by_name[names[m]] for m in pruner.ignored_layers if m in names]
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            trial = tp.pruner.BasePruner(
-                clone,
-                example_inputs,
-                importance=tp.importance.GroupMagnitudeImportance(p=2),
-                pruning_ratio=pruner.pruning_ratio,
-                iterative_steps=pruner.iterative_steps,
-                global_pruning=pruner.global_pruning,
-                max_pruning_ratio=pruner.max_pruning_ratio,
-                round_to=pruner.round_to,
-                isomorphic=pruner.isomorphic,
-                ignored_layers=ignored,
-            )
-            for _ in range(pruner.iterative_steps):
-                trial.step()
-    finally:
-        for m, flag in modes:
-            m.training = flag
-    left = sum(_layer_weight(by_name[n]).numel() for n, _ in layers)
+    with preserved_modes(model), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trial = tp.pruner.BasePruner(
+            clone,
+            example_inputs,
+            importance=tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=pruner.pruning_ratio,
+            iterative_steps=pruner.iterative_steps,
+            global_pruning=pruner.global_pruning,
+            max_pruning_ratio=pruner.max_pruning_ratio,
+            round_to=pruner.round_to,
+            isomorphic=pruner.isomorphic,
+            ignored_layers=ignored,
+        )
+        for _ in range(pruner.iterative_steps):
+            trial.step()
+    left = sum(layer_weight(by_name[n]).numel() for n, _ in layers)
     if left < budget:
         scope = "estimated for global pruning" if pruner.global_pruning else "exact"
         raise ConfigError(
@@ -317,13 +311,6 @@ def _check_budget_not_undercut(
             f"{budget}: the elementwise constraint would never bind. Lower constraint.density "
             "(or nnz) below the structural ratio, or lower pruning_ratio."
         )
-
-
-def _layer_weight(module: nn.Module) -> Tensor:
-    weight = module.weight
-    if not isinstance(weight, Tensor):  # pragma: no cover - conv/linear always have one
-        raise InputError(f"{type(module).__name__} has no weight tensor")
-    return weight
 
 
 def _check_no_prune_masks(model: nn.Module) -> None:
@@ -375,10 +362,6 @@ def _macs(model: nn.Module, example_inputs: Any) -> int | None:
         return None
     import torch_pruning as tp
 
-    modes = [(m, m.training) for m in model.modules()]
-    try:
+    with preserved_modes(model):
         macs, _ = tp.utils.count_ops_and_params(model, example_inputs)
-    finally:
-        for m, flag in modes:
-            m.training = flag
     return int(macs)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from atmc_plugin import ConfigError
+from atmc_plugin.layers import layer_weight
 
 _LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -70,7 +71,7 @@ class RGSM:
         """Add the group-lasso and relaxation gradients to each layer's ``weight.grad``."""
         with torch.no_grad():
             for m in self._layers(model):
-                w = _weight(m)
+                w = layer_weight(m)
                 if w.grad is None:
                     continue
                 norms = self._column_norms(w)
@@ -86,7 +87,7 @@ class RGSM:
         """
         if not isinstance(module, _LAYERS) or getattr(module, "groups", 1) != 1:
             return None
-        norms = self._column_norms(_weight(module).detach()).reshape(-1)
+        norms = self._column_norms(layer_weight(module).detach()).reshape(-1)
         return (0.5 * self.beta * norms.pow(2)) <= self.lambda2
 
     def update(self) -> None:
@@ -95,13 +96,6 @@ class RGSM:
     def empty_channels(self, model: nn.Module) -> dict[nn.Module, int]:
         """Input channels per layer whose group is currently all zero."""
         return {
-            m: int((self._column_norms(_weight(m)).reshape(-1) == 0).sum())
+            m: int((self._column_norms(layer_weight(m)).reshape(-1) == 0).sum())
             for m in self._layers(model)
         }
-
-
-def _weight(module: nn.Module) -> torch.Tensor:
-    weight = module.weight
-    if not isinstance(weight, torch.Tensor):  # pragma: no cover - conv/linear always have one
-        raise TypeError(f"{type(module).__name__} has no weight tensor")
-    return weight
