@@ -1,0 +1,683 @@
+"""Robust accuracy against true size: ATMC beside the baselines the literature uses, one run.
+
+Protocol (fixed so runs are comparable; see issue 5):
+
+- data: ``sklearn.datasets.load_digits``, pixels / 16, 1x8x8, stratified 80/20 split (seed 0);
+  threat l_inf, eps = 0.1;
+- model: ``DigitsCNN(width=32)`` (conv 1-32-64-128, BN, GAP, fc; 93,728 conv/linear weights);
+- training attack PGD-7, step eps/4, random start, loss 0.5 clean + 0.5 adversarial;
+  table attack PGD-20, step eps/8, random start; the ``standard`` ensemble of
+  :func:`atmc_plugin.evaluate` (PGD-20 x5, APGD-CE, APGD-T, FAB-T, Square 5000) on the
+  headline ratio's rows;
+- every method starts from the same pre-training of its seed (``--pretrain-epochs`` of dense
+  adversarial training; NAP from the same number of clean epochs) and then gets the same
+  ``--epochs`` of training (clean for NAP, adversarial for the others);
+- size ratio = compressed bits / dense 32-bit bits of conv/linear weights (the paper's
+  convention: non-zeros x bits, indices and codebooks not counted).
+
+Methods: DA (dense adversarial training, continued), NAP, AP with global / per-layer masks /
+per-layer masks + 8-bit PTQ, AL0, ATMC 32/8/4-bit (factorized, ADMM quantization),
+Torch-Pruning structured pruning + adversarial fine-tuning, Torch-Pruning + ATMC through
+``atmc_plugin.wrap``, ATMC through INC to a static int8 model (attacked through its
+straight-through copy).
+
+    python benchmarks/robust_compression.py            # about 45 min on 2 CPU cores
+    python benchmarks/robust_compression.py --smoke    # a minute: checks the pipeline only
+
+Each finished run is appended to ``results/robust_compression.runs.jsonl`` and skipped on a
+rerun with ``--resume``; the summary goes to ``robust_compression.json`` / ``.md`` / ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_pruning as tp
+import torchattacks
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+import atmc_plugin
+from atmc_plugin import ATMC, ADMMConfig, ATMCConfig, AttackConfig, ConstraintConfig, evaluate
+from atmc_plugin.datasets import load_digits
+from atmc_plugin.engine.intgrid import GridSpec, int_grid_quantize
+from atmc_plugin.engine.sparsity import global_topk_masks
+from atmc_plugin.export import layer_costs
+from atmc_plugin.layers import layer_weight, select_layers
+from atmc_plugin.models import DigitsCNN
+from atmc_plugin.report import CompressionReport, build_report
+from atmc_plugin.robustness import attackable
+
+log = logging.getLogger("robust_compression")
+RESULTS = Path(__file__).parent / "results"
+EPS = 0.1
+RATIOS = (1e-1, 3e-2, 1e-2, 3e-3)
+HEADLINE = 1e-2
+TRAIN_ATTACK = AttackConfig(name="pgd", eps=EPS, steps=7, alpha=EPS / 4)
+METHODS = (
+    "DA",
+    "NAP",
+    "AP (global mask)",
+    "AP (per-layer mask)",
+    "AP (per-layer) + 8-bit PTQ",
+    "AL0",
+    "ATMC 32-bit",
+    "ATMC 8-bit",
+    "ATMC 4-bit",
+    "TP + adv. fine-tune",
+    "TP + ATMC (wrap)",
+    "ATMC -> INC int8",
+)
+
+
+@dataclass
+class Setup:
+    """Shared data and schedule of one benchmark run."""
+
+    data: tuple[Tensor, Tensor, Tensor, Tensor]
+    epochs: int
+    finetune: int
+    lr: float = 0.05
+
+    @property
+    def example(self) -> Tensor:
+        return self.data[0][:1]
+
+
+# -- training -----------------------------------------------------------------------------------
+def train(
+    model: nn.Module,
+    setup: Setup,
+    epochs: int,
+    lr: float,
+    *,
+    perturb: Callable[[Tensor, Tensor], Tensor] | None,
+    penalty: Callable[[], Tensor] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    seed: int = 0,
+) -> None:
+    """``epochs`` of SGD (cosine lr); adversarial when ``perturb`` is given, else clean."""
+    x_tr, y_tr = setup.data[0], setup.data[1]
+    opt = optimizer or torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    for group in opt.param_groups:
+        group["lr"] = group["initial_lr"] = lr
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs))
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(y_tr), generator=gen)
+        for start in range(0, len(y_tr), 64):
+            idx = order[start : start + 64]
+            x, y = x_tr[idx], y_tr[idx]
+            loss = F.cross_entropy(model(x), y)
+            if perturb is not None:
+                loss = 0.5 * loss + 0.5 * F.cross_entropy(model(perturb(x, y)), y)
+            if penalty is not None:
+                loss = loss + penalty()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+
+
+def adversary(model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
+    return ATMC(model, ATMCConfig(attack=TRAIN_ATTACK)).perturb
+
+
+def weights(model: nn.Module) -> dict[str, Tensor]:
+    return {f"{n}.weight": layer_weight(m) for n, m in select_layers(model, ConstraintConfig())}
+
+
+def dense_numel(model: nn.Module) -> int:
+    return sum(w.numel() for w in weights(model).values())
+
+
+# -- fixed-mask baselines -----------------------------------------------------------------------
+def magnitude_masks(model: nn.Module, density: float, per_layer: bool) -> dict[str, Tensor]:
+    """Keep the largest-magnitude weights: globally, or ``density`` of each layer (>= 1 each)."""
+    ws = weights(model)
+    if not per_layer:
+        k = max(1, round(density * dense_numel(model)))
+        masks, _ = global_topk_masks([w.detach() for w in ws.values()], k)
+        return dict(zip(ws, masks, strict=True))
+    out = {}
+    for name, w in ws.items():
+        k = max(1, round(density * w.numel()))
+        flat = w.detach().abs().flatten()
+        mask = torch.zeros_like(flat, dtype=torch.bool)
+        mask[flat.topk(k).indices] = True
+        out[name] = mask.view_as(w)
+    return out
+
+
+def fixed_mask_training(
+    model: nn.Module, masks: dict[str, Tensor], setup: Setup, adversarial: bool, seed: int
+) -> None:
+    """Apply ``masks`` and train with them re-applied after every optimizer step."""
+    params = dict(model.named_parameters())
+
+    def apply_masks() -> None:
+        with torch.no_grad():
+            for name, mask in masks.items():
+                params[name].mul_(mask)
+
+    apply_masks()
+    opt = torch.optim.SGD(model.parameters(), lr=setup.lr / 2, momentum=0.9)
+    opt.register_step_post_hook(lambda *_: apply_masks())
+    perturb = adversary(model) if adversarial else None
+    train(model, setup, setup.epochs, setup.lr / 2, perturb=perturb, optimizer=opt, seed=seed)
+
+
+def ptq_int8(model: nn.Module) -> None:
+    """8-bit symmetric per-tensor post-training quantization of conv/linear weights (zeros stay)."""
+    spec = GridSpec(bits=8, symmetric=True, granularity="tensor", group_size=None, scale_rule="rtn")
+    with torch.no_grad():
+        for w in weights(model).values():
+            w.copy_(int_grid_quantize(w.detach(), spec)[0])
+
+
+# -- ATMC and the tools -------------------------------------------------------------------------
+def atmc_training(
+    model: nn.Module, setup: Setup, density: float, bits: int | None, factorize: bool, seed: int
+) -> CompressionReport:
+    """ATMC stage (``epochs - finetune``), hard projection, fixed-set adversarial fine-tuning."""
+    config = ATMCConfig(
+        attack=TRAIN_ATTACK,
+        constraint=ConstraintConfig(density=density, bits=bits, factorize=factorize),
+        admm=ADMMConfig(rho=0.1, interval=10),
+    )
+    atmc = ATMC(model, config, dense_numel=dense_numel(model))
+    opt = torch.optim.SGD(model.parameters(), lr=setup.lr / 2, momentum=0.9)
+    atmc.attach(opt)
+    stage = setup.epochs - setup.finetune
+    train(
+        model,
+        setup,
+        stage,
+        setup.lr / 2,
+        perturb=atmc.perturb,
+        penalty=atmc.penalty,
+        optimizer=opt,
+        seed=seed,
+    )
+    atmc.finalize()
+    train(
+        model,
+        setup,
+        setup.finetune,
+        setup.lr / 10,
+        perturb=atmc.perturb,
+        optimizer=opt,
+        seed=seed + 1,
+    )
+    return atmc.report()
+
+
+def tp_params(model: nn.Module, setup: Setup, ratio: float) -> int:
+    pruned = copy.deepcopy(model)
+    pruner = tp.pruner.BasePruner(
+        pruned,
+        setup.example,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=ratio,
+        ignored_layers=[pruned.fc],
+    )
+    pruner.step()
+    return dense_numel(pruned)
+
+
+def tp_ratio_for(model: nn.Module, setup: Setup, target: float) -> float:
+    """Smallest channel pruning ratio whose weights fit ``target`` x dense (bisection)."""
+    budget = target * dense_numel(model)
+    low, high = 0.0, 0.96  # past ~0.96 layers round to no channel and TP keeps more
+    if tp_params(model, setup, high) > budget:
+        return high
+    for _ in range(12):
+        mid = (low + high) / 2
+        if tp_params(model, setup, mid) <= budget:
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+def tp_adversarial(model: nn.Module, setup: Setup, ratio: float, seed: int) -> CompressionReport:
+    """Torch-Pruning (group magnitude, 3 steps) with adversarial fine-tuning between steps."""
+    dense = dense_numel(model)
+    pruner = tp.pruner.BasePruner(
+        model,
+        setup.example,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=tp_ratio_for(model, setup, ratio),
+        iterative_steps=3,
+        ignored_layers=[model.fc],
+    )
+    per_step = setup.epochs // 3
+    for step in range(3):
+        pruner.step()
+        epochs = setup.epochs - 2 * per_step if step == 2 else per_step
+        train(model, setup, epochs, setup.lr / 2, perturb=adversary(model), seed=seed + step)
+    return build_report(weights(model), None, dense, None)
+
+
+def tp_atmc_bits(ratio: float) -> int | None:
+    """Fewest bits whose density (ratio x 32 / bits) stays <= 0.2 (under the 0.25 structural)."""
+    for bits in (4, 8):
+        if ratio * 32 / bits <= 0.2:
+            return bits
+    return None
+
+
+def tp_with_atmc(model: nn.Module, setup: Setup, ratio: float, seed: int) -> CompressionReport:
+    """GroupNormPruner (channels 0.5, 2 steps) + ATMC through ``atmc_plugin.wrap``."""
+    from atmc_plugin_adapters.torchpruning import ADMMProxyImportance
+
+    bits = tp_atmc_bits(ratio)
+    pruner = tp.pruner.GroupNormPruner(
+        model,
+        setup.example,
+        importance=ADMMProxyImportance(),
+        pruning_ratio=0.5,
+        iterative_steps=2,
+        ignored_layers=[model.fc],
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=setup.lr / 2, momentum=0.9, weight_decay=5e-4)
+    config = ATMCConfig(
+        attack=TRAIN_ATTACK,
+        constraint=ConstraintConfig(density=ratio * 32 / (bits or 32), bits=bits),
+        admm=ADMMConfig(rho=0.1, interval=10),
+    )
+    wrapped = atmc_plugin.wrap(pruner, config, optimizer=opt, example_inputs=setup.example)
+    stage = setup.epochs - setup.finetune
+    for step in range(2):
+        wrapped.step()
+        epochs = stage - stage // 2 if step else stage // 2
+        train(
+            model,
+            setup,
+            epochs,
+            setup.lr / 2,
+            perturb=wrapped.perturb,
+            penalty=wrapped.penalty,
+            optimizer=opt,
+            seed=seed + step,
+        )
+    wrapped.finalize()
+    train(
+        model,
+        setup,
+        setup.finetune,
+        setup.lr / 10,
+        perturb=wrapped.perturb,
+        optimizer=opt,
+        seed=seed + 2,
+    )
+    return wrapped.report().elementwise
+
+
+def inc_int8(model: nn.Module, setup: Setup, ratio: float, seed: int) -> tuple[nn.Module, float]:
+    """ATMC on INC's PT2E int8 grid (density ratio x 4) via ``quantize``, then INC static int8."""
+    from atmc_plugin_adapters.inc import ATMCQuantConfig, conversion_report, session_of
+    from atmc_plugin_adapters.inc.pt2e import quantize_static_int8
+    from neural_compressor.torch.quantization import quantize
+
+    def run_fn(m: nn.Module) -> None:
+        s = session_of(m)
+        opt = torch.optim.SGD(m.parameters(), lr=setup.lr / 2, momentum=0.9)
+        train(
+            m,
+            setup,
+            setup.epochs,
+            setup.lr / 2,
+            perturb=s.perturb,
+            penalty=s.penalty,
+            optimizer=opt,
+            seed=seed,
+        )
+
+    config = ATMCQuantConfig(bits=8, backend="pt2e", eps=EPS, steps=7, density=4 * ratio)
+    trained = quantize(model, config, run_fn=run_fn)
+    size = conversion_report(trained).compression.size_ratio
+    x_tr, y_tr = setup.data[0], setup.data[1]
+    calib = [(x_tr[i : i + 128], y_tr[i : i + 128]) for i in range(0, 512, 128)]
+    example = x_tr[:8]  # a batch of 1 would specialize the exported batch dimension
+    return quantize_static_int8(trained, example, calib, attack=TRAIN_ATTACK), size
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+def pgd20(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
+    """Clean and PGD-20 (step eps/8, one random start) accuracy; int8 via its STE copy."""
+    target = attackable(model)
+    if not isinstance(target, torch.fx.GraphModule):
+        target.eval()
+    attack = torchattacks.PGD(target, eps=EPS, alpha=EPS / 8, steps=20, random_start=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        adv = attack(x, y)
+    with torch.no_grad():
+        clean = (target(x).argmax(1) == y).float().mean().item()
+        robust = (target(adv).argmax(1) == y).float().mean().item()
+    return clean, robust
+
+
+# -- the grid -----------------------------------------------------------------------------------
+def compress(
+    method: str, ratio: float, pretrained: dict[str, nn.Module], setup: Setup, seed: int
+) -> tuple[nn.Module, float, nn.Module]:
+    """Run ``method`` at ``ratio`` from the seed's pre-trained model.
+
+    Returns the deployable model, its size ratio and an fp32 model with its structure (MACs).
+    """
+    base = "clean" if method == "NAP" else "adv"
+    model = copy.deepcopy(pretrained[base])
+    torch.manual_seed(seed)
+    dense = dense_numel(model)
+    if method == "DA":
+        train(model, setup, setup.epochs, setup.lr / 2, perturb=adversary(model), seed=seed)
+        return model, 1.0, model
+    if method in ("NAP", "AP (global mask)", "AP (per-layer mask)"):
+        per_layer = method == "AP (per-layer mask)"
+        masks = magnitude_masks(model, ratio, per_layer)
+        fixed_mask_training(model, masks, setup, adversarial=method != "NAP", seed=seed)
+        return model, build_report(weights(model), None, dense, None).size_ratio, model
+    if method == "AP (per-layer) + 8-bit PTQ":
+        masks = magnitude_masks(model, 4 * ratio, per_layer=True)
+        fixed_mask_training(model, masks, setup, adversarial=True, seed=seed)
+        ptq_int8(model)
+        return model, build_report(weights(model), 8, dense, None).size_ratio, model
+    if method == "AL0":
+        return model, atmc_training(model, setup, ratio, None, False, seed).size_ratio, model
+    if method.startswith("ATMC") and method.endswith("-bit"):
+        bits = int(method.split()[1].split("-")[0])
+        density = ratio * 32 / bits
+        report = atmc_training(model, setup, density, None if bits == 32 else bits, True, seed)
+        return model, report.size_ratio, model
+    if method == "TP + adv. fine-tune":
+        return model, tp_adversarial(model, setup, ratio, seed).size_ratio, model
+    if method == "TP + ATMC (wrap)":
+        return model, tp_with_atmc(model, setup, ratio, seed).size_ratio, model
+    if method == "ATMC -> INC int8":
+        int8, size = inc_int8(model, setup, ratio, seed)
+        return int8, size, model
+    raise ValueError(f"unknown method {method!r}")
+
+
+def deployed_macs(model: nn.Module, example: Tensor) -> int:
+    """MACs of the model as deployed: factorized weights merged back into one tensor."""
+    from torch.nn.utils import parametrize
+
+    merged = copy.deepcopy(model)
+    for module in merged.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight")
+    return sum(c["macs"] for c in layer_costs(merged, example).values())
+
+
+def pretrain(setup: Setup, epochs: int, seed: int) -> dict[str, nn.Module]:
+    """The seed's dense starting points: adversarially trained, and clean-trained (for NAP)."""
+    out: dict[str, nn.Module] = {}
+    for kind in ("adv", "clean"):
+        torch.manual_seed(seed)
+        model = DigitsCNN(width=32)
+        perturb = adversary(model) if kind == "adv" else None
+        train(model, setup, epochs, setup.lr, perturb=perturb, seed=seed)
+        out[kind] = model
+    return out
+
+
+def planned(
+    seeds: int, methods: tuple[str, ...], ensemble: bool
+) -> Iterator[tuple[str, float | None, int, bool]]:
+    """(method, target ratio, seed, ensemble?): every ratio for seed 0, the headline after."""
+    for seed in range(seeds):
+        if "DA" in methods:
+            yield "DA", None, seed, ensemble and seed == 0
+        for method in (m for m in METHODS[1:] if m in methods):
+            for ratio in RATIOS if seed == 0 else (HEADLINE,):
+                yield method, ratio, seed, ensemble and seed == 0 and ratio == HEADLINE
+
+
+def run_key(method: str, ratio: float | None, seed: int) -> str:
+    return f"{method}|{ratio}|{seed}"
+
+
+def measure(
+    method: str,
+    ratio: float | None,
+    seed: int,
+    ensemble: bool,
+    pretrained: dict[str, nn.Module],
+    setup: Setup,
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    deployable, size, structure = compress(method, ratio or 1.0, pretrained, setup, seed)
+    x_te, y_te = setup.data[2], setup.data[3]
+    clean, robust = pgd20(deployable, x_te, y_te)
+    macs = deployed_macs(structure, setup.example)
+    record: dict[str, Any] = {
+        "method": method,
+        "target_ratio": ratio,
+        "seed": seed,
+        "size_ratio": size,
+        "macs": macs,
+        "clean": clean,
+        "pgd20": robust,
+        "train_seconds": time.perf_counter() - start,
+    }
+    if ensemble:
+        report = evaluate(deployable, (x_te, y_te), eps=EPS, preset="standard")
+        record["ensemble"] = report.robust
+        record["per_attack"] = report.per_attack
+        record["flags"] = report.flags
+    record["seconds"] = time.perf_counter() - start
+    return record
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean (and spread over seeds) per (method, target ratio), in the table's order."""
+    rows = []
+    for method in METHODS:
+        for ratio in (None, *RATIOS):
+            group = [r for r in runs if r["method"] == method and r["target_ratio"] == ratio]
+            if not group:
+                continue
+            row: dict[str, Any] = {"method": method, "target_ratio": ratio, "seeds": len(group)}
+            for key in ("size_ratio", "macs", "clean", "pgd20"):
+                values = [float(r[key]) for r in group]
+                row[key] = statistics.fmean(values)
+                row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            ens = [r for r in group if "ensemble" in r]
+            row["ensemble"] = ens[0]["ensemble"] if ens else None
+            row["flags"] = sorted({f for r in ens for f in r.get("flags", [])})
+            rows.append(row)
+    return rows
+
+
+BASELINES = (
+    "NAP",
+    "AP (global mask)",
+    "AP (per-layer mask)",
+    "AP (per-layer) + 8-bit PTQ",
+    "TP + adv. fine-tune",
+)
+OURS = ("ATMC 32-bit", "ATMC 8-bit", "ATMC 4-bit", "TP + ATMC (wrap)", "ATMC -> INC int8")
+
+
+def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's targets at each ratio <= 1e-2, from the mean PGD-20 accuracy."""
+    da = next(r for r in rows if r["method"] == "DA")
+    out: dict[str, Any] = {}
+    for ratio in (r for r in RATIOS if r <= HEADLINE):
+        at = {r["method"]: r for r in rows if r["target_ratio"] == ratio}
+        ours = max((at[m] for m in OURS if m in at), key=lambda r: r["pgd20"], default=None)
+        base = max((at[m] for m in BASELINES if m in at), key=lambda r: r["pgd20"], default=None)
+        if ours is None or base is None:
+            continue
+        out[f"{ratio:g}"] = {
+            "best_ours": ours["method"],
+            "best_ours_pgd20": ours["pgd20"],
+            "best_baseline": base["method"],
+            "best_baseline_pgd20": base["pgd20"],
+            "gap_to_DA": da["pgd20"] - ours["pgd20"],
+            "margin_over_baseline": ours["pgd20"] - base["pgd20"],
+            "within_3_of_DA": da["pgd20"] - ours["pgd20"] <= 0.03,
+            "5_above_baseline": ours["pgd20"] - base["pgd20"] >= 0.05,
+        }
+    return out
+
+
+def _pm(row: dict[str, Any], key: str) -> str:
+    if row["seeds"] > 1:
+        return f"{row[key]:.3f} ± {row[f'{key}_std']:.3f}"
+    return f"{row[key]:.3f}"
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        f"Digits CNN (93,728 conv/linear weights), l_inf eps {EPS}; {meta['epochs']} epochs per "
+        f"method after {meta['pretrain_epochs']} of pre-training; {meta['machine']}. "
+        "PGD-20: step eps/8, one random start; ensemble: worst case of PGD-20 x5, APGD-CE, "
+        "APGD-T, FAB-T, Square 5000 (seed 0). Mean ± std over seeds where seeds > 1.",
+        "",
+        "| method | target ratio | size ratio | MACs | clean | PGD-20 | ensemble | seeds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ratio = "dense" if r["target_ratio"] is None else f"{r['target_ratio']:g}"
+        ens = "" if r["ensemble"] is None else f"{r['ensemble']:.3f}"
+        if r["flags"]:
+            ens += " (" + ", ".join(r["flags"]) + ")"
+        lines.append(
+            f"| {r['method']} | {ratio} | {r['size_ratio']:.4g} | {r['macs']:,.0f} | "
+            f"{_pm(r, 'clean')} | {_pm(r, 'pgd20')} | {ens} | {r['seeds']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
+    da = next(r for r in rows if r["method"] == "DA")
+    for ax, key, title in ((axes[0], "clean", "clean accuracy"), (axes[1], "pgd20", "PGD-20")):
+        ax.axhline(da[key], color="black", linestyle=":", label="DA (dense)")
+        for i, method in enumerate(METHODS[1:]):
+            pts = sorted(
+                (r["size_ratio"], r[key], r[f"{key}_std"]) for r in rows if r["method"] == method
+            )
+            if not pts:
+                continue
+            xs, ys, es = zip(*pts, strict=True)
+            style = "-" if method in OURS else "--"
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=es,
+                fmt=f"o{style}",
+                color=f"C{i}",
+                label=method,
+                markersize=4,
+                capsize=2,
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("size ratio (compressed bits / dense 32-bit bits)")
+        ax.set_ylabel(f"{title} (eps {EPS})" if key == "pgd20" else title)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("neural_compressor").setLevel(logging.ERROR)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the headline rows")
+    p.add_argument("--pretrain-epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=30, help="epochs per method after pre-training")
+    p.add_argument("--finetune", type=int, default=8, help="of which fixed-set fine-tuning")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--resume", action="store_true", help="skip runs already in the runs file")
+    p.add_argument("--smoke", action="store_true", help="tiny schedule, results to /tmp")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--methods", nargs="+", choices=METHODS, help="run only these methods")
+    args = p.parse_args()
+    if args.smoke:
+        args.seeds, args.pretrain_epochs, args.epochs, args.finetune = 1, 1, 2, 1
+        args.out = Path("/tmp/atmc-robust-compression-smoke")
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs_path = args.out / "robust_compression.runs.jsonl"
+    runs = []
+    if args.resume and runs_path.exists():
+        runs = [json.loads(line) for line in runs_path.read_text().splitlines() if line]
+    elif runs_path.exists():
+        runs_path.unlink()
+    done = {run_key(r["method"], r["target_ratio"], r["seed"]) for r in runs}
+    setup = Setup(load_digits(seed=0), epochs=args.epochs, finetune=args.finetune)
+    pretrained: dict[int, dict[str, nn.Module]] = {}
+    t0 = time.perf_counter()
+    methods = tuple(args.methods or METHODS)
+    for method, ratio, seed, ensemble in planned(args.seeds, methods, not args.smoke):
+        if run_key(method, ratio, seed) in done:
+            continue
+        if seed not in pretrained:
+            log.info(
+                "seed %d: pre-training (%d epochs, adversarial and clean)",
+                seed,
+                args.pretrain_epochs,
+            )
+            pretrained = {seed: pretrain(setup, args.pretrain_epochs, seed)}
+        record = measure(method, ratio, seed, ensemble, pretrained[seed], setup)
+        runs.append(record)
+        with runs_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        log.info(
+            "%-28s ratio %-6s seed %d: size %.4g clean %.3f PGD-20 %.3f%s (%.0f s)",
+            method,
+            ratio,
+            seed,
+            record["size_ratio"],
+            record["clean"],
+            record["pgd20"],
+            f" ensemble {record['ensemble']:.3f}" if ensemble else "",
+            record["seconds"],
+        )
+    rows = summarize(runs)
+    meta = {
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, {args.threads} threads, "
+        f"torch {torch.__version__}",
+        "pretrain_epochs": args.pretrain_epochs,
+        "epochs": args.epochs,
+        "finetune": args.finetune,
+        "seeds": args.seeds,
+        "eps": EPS,
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    result = {"meta": meta, "rows": rows, "targets": targets(rows), "runs": runs}
+    (args.out / "robust_compression.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "robust_compression.md").write_text(markdown(rows, meta))
+    plot(rows, args.out / "robust_compression.png")
+    log.info("\n%s", markdown(rows, meta))
+    log.info("targets: %s", json.dumps(result["targets"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
