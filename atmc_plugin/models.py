@@ -35,6 +35,26 @@ class DigitsCNN(nn.Module):
         return out
 
 
+class MLP(nn.Module):
+    """Flatten, then ``Linear-ReLU`` per hidden width, then a linear classifier."""
+
+    def __init__(
+        self, in_features: int = 64, hidden: tuple[int, ...] = (256, 128), num_classes: int = 10
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.fc(self.features(x))
+        return out
+
+
 class _BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()

@@ -249,6 +249,40 @@ class ATMCPruner:
         """Structural (channels, params, MACs) and elementwise (nnz, bits) compression."""
         return build_pruning_report(self)
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict` on a freshly wrapped pruner of a fresh dense model.
+
+        The pruning history is replayed group by group through this wrapper (so the optimizer
+        and ATMC follow the structure), then the step counter and ATMC's state are restored.
+        Load the model's and the optimizer's state dicts afterwards.
+
+        :raises InputError: the pruner has already stepped, or the state is not a wrapper state.
+        """
+        if not isinstance(state, dict) or "pruning_history" not in state:
+            raise InputError("not an ATMCPruner state (expected the output of state_dict()).")
+        if int(self._pruner.current_step) != 0 or self._pruner.pruning_history():
+            raise InputError(
+                "load_state_dict needs a freshly wrapped pruner on a fresh dense model; this "
+                f"one is at step {self._pruner.current_step}."
+            )
+        graph = self._pruner.DG
+        modules = dict(self.model.named_modules())
+        with preserved_modes(self.model):
+            for layer, is_out, idxs in state["pruning_history"]:
+                if layer not in modules:
+                    raise InputError(
+                        f"the pruning history names {layer!r}, which this model does not have; "
+                        "build the same architecture as the one that was pruned."
+                    )
+                handler = graph.get_pruner_of_module(modules[layer])
+                fn = handler.prune_out_channels if is_out else handler.prune_in_channels
+                self._prune_group(graph.get_pruning_group(modules[layer], fn, list(idxs)))
+        self._pruner.current_step = int(state["current_step"])
+        self._pruner.update_regularizer()
+        if self.regularizer is not None:
+            self.regularizer.update()
+        self.atmc.load_state_dict(state["atmc"])
+
     def state_dict(self) -> dict[str, Any]:
         """Pruning history + ATMC state (plain data, ``weights_only`` loadable)."""
         return {

@@ -1,0 +1,179 @@
+"""The ``atmc`` command (also ``python -m atmc_plugin``).
+
+Exit codes: 0 success, 2 bad input (recipe, data, device, folder, checkpoint), 1 failure
+(a diverged run, an error inside a tool), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .errors import ATMCError, ConfigError, InputError, PluginError
+
+log = logging.getLogger("atmc_plugin.cli")
+
+EPILOG = """examples:
+  atmc run examples/recipes/digits_tp_inc.toml            # the default recipe, a few minutes
+  atmc run examples/recipes/digits_tp.toml --out runs/tp --seed 1
+  atmc run examples/recipes/digits_tp.toml --out runs/tp --resume   # after an interruption
+  atmc eval runs/tp/final.pt --preset standard
+  atmc report runs/tp
+  atmc plugins
+  torchrun --nproc_per_node=2 -m atmc_plugin run examples/recipes/digits_tp.toml
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="atmc",
+        description="Adversarially trained model compression with Torch-Pruning and INC.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="train, compress, evaluate and report a recipe")
+    run.add_argument("recipe", type=Path, help="TOML recipe (see examples/recipes/)")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override [run] device")
+    run.add_argument("--out", type=Path, help="run folder (default: runs/<recipe name>)")
+    run.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    run.add_argument("--seed", type=int, help="override [run] seed")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    ev = sub.add_parser("eval", help="evaluate a run's final.pt (clean + robust accuracy)")
+    ev.add_argument("checkpoint", type=Path, help="RUN_DIR/final.pt")
+    ev.add_argument("--preset", choices=("quick", "standard"), default="quick")
+    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ev.add_argument("--eps", type=float, help="l_inf radius (default: the recipe's)")
+
+    rep = sub.add_parser("report", help="rebuild report.md and the plots of a run folder")
+    rep.add_argument("run_dir", type=Path)
+
+    sub.add_parser("plugins", help="list installed hook implementations and adapters")
+    return p
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .job import run_recipe
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    if args.seed is not None:
+        raw = {**recipe.raw, "run": {**recipe.raw.get("run", {}), "seed": args.seed}}
+        recipe = dataclasses.replace(recipe, raw=raw, seed=args.seed)
+    out = args.out or Path("runs") / recipe.name
+    results = run_recipe(
+        recipe,
+        out,
+        device=args.device,
+        resume=args.resume,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    if results:
+        ev = results["evaluation"]
+        size = results["size"].get("size_ratio")
+        size_text = "n/a" if size is None else f"{size:.4g}"
+        dense, comp = ev["dense"], ev["compressed"]
+        _say(f"dense:      clean {dense['clean']:.4f}  robust {dense['robust']:.4f}")
+        _say(
+            f"compressed: clean {comp['clean']:.4f}  robust {comp['robust']:.4f}  "
+            f"size ratio {size_text}"
+        )
+        _say(f"report: {out / 'report.md'}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .job import evaluate_pair, load_final
+
+    device = _device(args.device)
+    recipe, data, _model, shipped = load_final(args.checkpoint, device)
+    if args.eps is not None:
+        recipe = dataclasses.replace(recipe, eps=args.eps)
+    out = evaluate_pair(recipe, data, {"compressed": shipped}, args.preset, device)
+    _say(json.dumps(out["compressed"], indent=1))
+    return 0
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: torch sees no CUDA device; use --device cpu or auto.")
+    return torch.device(name)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report_md import write_report
+    from .rundir import require_run_dir
+
+    path = write_report(require_run_dir(args.run_dir))
+    _say(path)
+    return 0
+
+
+def _cmd_plugins(_args: argparse.Namespace) -> int:
+    from .plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    adapters = {id(impl.plugin) for impl in pm.hook.atmc_build_adapter.get_hookimpls()}
+    for name, plugin in sorted(pm.list_name_plugin(), key=lambda kv: str(kv[0])):
+        if plugin is None:
+            _say(f"{name}  (blocked)")
+            continue
+        dist = dists.get(id(plugin))
+        origin = f"{dist.project_name} {dist.version}" if dist is not None else "built-in"
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        kind = "adapter" if id(plugin) in adapters else "plugin"
+        _say(f"{name}  [{kind}, {origin}]  {getattr(plugin, '__name__', plugin)}")
+        _say(f"    hooks: {', '.join(hooks)}")
+    return 0
+
+
+def _say(text: object) -> None:
+    """The command's own output (results, paths, listings) goes to stdout; logs go to stderr."""
+    sys.stdout.write(f"{text}\n")
+
+
+COMMANDS = {"run": _cmd_run, "eval": _cmd_eval, "report": _cmd_report, "plugins": _cmd_plugins}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``atmc``; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # INC sets its logger's level from LOGLEVEL when it is first imported (default INFO).
+    os.environ.setdefault("LOGLEVEL", "WARNING" if not args.quiet else "ERROR")
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, InputError, PluginError) as exc:
+        log.error("%s", exc)
+        return 2
+    except ATMCError as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted; continue with `atmc run RECIPE --out RUN_DIR --resume`")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""One ``atmc run``: check the recipe, train (or resume), quantize, evaluate, export, report."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .build import Data, build_model, check_recipe, resolve_device
+from .modes import preserved_modes
+from .recipe import Recipe
+from .rundir import RunDir, load_checkpoint
+from .runner import Trainer, train_batches
+
+log = logging.getLogger(__name__)
+FINAL_FORMAT = "atmc-run-final"
+
+
+def run_recipe(
+    recipe: Recipe,
+    out: Path,
+    *,
+    device: str | None = None,
+    resume: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run ``recipe`` into the folder ``out``; returns the results (also in results.json).
+
+    Every check on the recipe, the data, the device and the output folder runs before training.
+    """
+    from . import distributed
+
+    dev = resolve_device(recipe, device)
+    ctx = distributed.context(dev)
+    data = check_recipe(recipe, dev)
+    run = RunDir.prepare(out, recipe, resume, is_writer=ctx.is_writer)
+    checkpoint = load_checkpoint(run.last, recipe) if resume else None
+    if ctx.is_writer:
+        if checkpoint is not None:
+            run.truncate_metrics(int(checkpoint["metrics_count"]))
+        else:
+            run.write_json(run.root / "run.json", _run_info(recipe, dev, ctx.world_size))
+    data = ctx.shard(data)
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe, data).to(dev)
+    trainer = Trainer(recipe, data, ctx.wrap(model), dev, run if ctx.is_writer else None, progress)
+    started = time.perf_counter()
+    trainer.run(checkpoint)
+    if not ctx.is_writer:
+        return {}
+    results = finish(trainer, run, time.perf_counter() - started)
+    from .report_md import write_report
+
+    write_report(run)
+    return results
+
+
+def _run_info(recipe: Recipe, device: torch.device, world_size: int) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    versions: dict[str, str | None] = {}
+    for dist in ("atmc-plugin", "torch", "torch-pruning", "neural-compressor", "torchattacks"):
+        try:
+            versions[dist] = version(dist)
+        except Exception:  # not installed
+            versions[dist] = None
+    return {
+        "recipe": str(recipe.path),
+        "recipe_digest": recipe.digest,
+        "name": recipe.name,
+        "seed": recipe.seed,
+        "device": str(device),
+        "world_size": world_size,
+        "machine": f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} threads",
+        "versions": versions,
+    }
+
+
+def ship(recipe: Recipe, model: nn.Module, data: Data) -> nn.Module:
+    """The model to ship: INC static int8 when ``[inc.static]`` is set, else ``model`` itself.
+
+    The int8 calibration is seeded by the recipe, so it is the same on every call.
+    """
+    if not recipe.inc or "static" not in recipe.inc:
+        return model
+    from atmc_plugin_adapters.inc.pt2e import quantize_static_int8
+
+    device = next(model.parameters()).device
+    calib = train_batches(data.x_train[:512].to(device), data.y_train[:512].to(device), 128)
+    with torch.random.fork_rng():
+        torch.manual_seed(recipe.seed)
+        return quantize_static_int8(
+            model, data.example.to(device), calib, attack=recipe.atmc.attack
+        )
+
+
+def load_final(path: Path, device: torch.device) -> tuple[Recipe, Data, nn.Module, nn.Module]:
+    """Rebuild a run's final model from ``final.pt`` (weights_only): recipe, data, fp32 model
+    (pruned structure replayed, factorization rebuilt) and the shipped model (int8 if any).
+
+    :raises InputError: not a final checkpoint of ``atmc run``.
+    """
+    from .build import load_data
+    from .core import ATMC
+    from .errors import InputError
+    from .recipe import recipe_from_dict
+
+    try:
+        payload = torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError as exc:
+        raise InputError(f"checkpoint {str(path)!r} does not exist.") from exc
+    except Exception as exc:  # corrupt or pickled files raise many types
+        raise InputError(
+            f"{str(path)!r} is not a readable weights-only checkpoint ({type(exc).__name__})."
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FINAL_FORMAT:
+        raise InputError(
+            f"{str(path)!r} is not the final.pt of an `atmc run` (format {FINAL_FORMAT!r})."
+        )
+    recipe = recipe_from_dict(payload["recipe"], Path(payload["recipe_path"]))
+    data = load_data(recipe)
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe, data).to(device)
+    if payload["pruner"] is not None:
+        import torch_pruning as tp
+
+        with preserved_modes(model):
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=data.example)
+            graph.load_pruning_history(payload["pruner"]["pruning_history"])
+    elif payload["atmc"] is not None and recipe.atmc.constraint.factorize:
+        ATMC(model, recipe.atmc)  # re-creates the low-rank + sparse parametrization
+    model.load_state_dict(payload["model"])
+    return recipe, data, model, ship(recipe, model, data)
+
+
+def _plain(model: nn.Module) -> nn.Module:
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
+def latency(model: nn.Module, batch: Tensor, repeats: int = 30) -> float:
+    """Median seconds per forward pass in eager mode (eval, no grad)."""
+    with preserved_modes(model), torch.no_grad():
+        if not isinstance(model, torch.fx.GraphModule):
+            model.eval()
+        for _ in range(3):
+            model(batch)
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(batch)
+            samples.append(time.perf_counter() - start)
+    return sorted(samples)[len(samples) // 2]
+
+
+def _size(trainer: Trainer, run: RunDir) -> dict[str, Any]:
+    from .export import layer_costs, save_compact, storage_report
+
+    out: dict[str, Any] = {}
+    atmc = trainer.atmc
+    if atmc is not None:
+        report = trainer.pruner.report() if trainer.pruner is not None else atmc.report()
+        out["compression"] = report.to_dict()
+        elementwise = getattr(report, "elementwise", report)
+        out["size_ratio"] = elementwise.size_ratio
+        try:
+            storage = save_compact(run.root / "model.safetensors", trainer.model, atmc)
+            out["storage"] = storage.to_dict()
+            out["compact_file_bytes"] = (run.root / "model.safetensors").stat().st_size
+        except Exception as exc:  # integer grids have no compact format yet
+            log.info("no compact export: %s", exc)
+            out["storage"] = storage_report_or_none(trainer, storage_report)
+    costs = layer_costs(_merged(trainer.model), trainer.data.example[:1].to(trainer.device))
+    out["params"] = sum(p.numel() for p in trainer.model.parameters())
+    out["macs"] = sum(c["macs"] for c in costs.values())
+    return out
+
+
+def storage_report_or_none(trainer: Trainer, fn: Any) -> dict[str, Any] | None:
+    try:
+        return dict(fn(trainer.model, trainer.atmc).to_dict())
+    except Exception:  # integer grids: codes live in INC's int8 graph instead
+        return None
+
+
+def _merged(model: nn.Module) -> nn.Module:
+    """A copy with factorized weights merged (what a deployment computes)."""
+    import copy
+
+    from torch.nn.utils import parametrize
+
+    merged = copy.deepcopy(_plain(model))
+    for module in merged.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight")
+    return merged
+
+
+def evaluate_pair(
+    recipe: Recipe, data: Data, models: dict[str, nn.Module], preset: str, device: torch.device
+) -> dict[str, Any]:
+    """Honest evaluation (:func:`atmc_plugin.evaluate`) of each model on the test split."""
+    from .robustness import evaluate
+
+    n = recipe.eval_limit or len(data.y_test)
+    x, y = data.x_test[:n].to(device), data.y_test[:n].to(device)
+    out = {}
+    for name, model in models.items():
+        report = evaluate(model, (x, y), eps=recipe.eps, preset=preset, progress=False)
+        log.info("%s: %s", name, report)
+        out[name] = report.to_dict()
+    return out
+
+
+def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any]:
+    """INC conversion, evaluation of dense vs compressed, sizes, latency, artifacts."""
+    from .io import save_atomically
+
+    recipe, data, dev = trainer.recipe, trainer.data, trainer.device
+    shipped = ship(recipe, _plain(trainer.model), data)
+    dense = build_model(recipe, data).to(dev)
+    dense.load_state_dict(load_checkpoint(run.dense, recipe)["model"])
+    dense.eval()
+    models = {"dense": dense, "compressed": shipped}
+    results: dict[str, Any] = {
+        "recipe": recipe.name,
+        "train_seconds": train_seconds,
+        "int8": shipped is not _plain(trainer.model),
+        "evaluation": evaluate_pair(recipe, data, models, recipe.preset, dev),
+        "size": _size(trainer, run),
+    }
+    dense_costs = _dense_costs(dense, data, dev)
+    results["size"]["dense_params"], results["size"]["dense_macs"] = dense_costs
+    batch = data.x_test[: recipe.latency_batch].to(dev)
+    results["latency_ms"] = {name: 1e3 * latency(m, batch) for name, m in models.items()}
+    results["latency_batch"] = len(batch)
+    final = {
+        "format": FINAL_FORMAT,
+        "recipe": recipe.raw,
+        "recipe_path": str(recipe.path.resolve()),
+        "recipe_digest": recipe.digest,
+        "model": _plain(trainer.model).state_dict(),
+        "pruner": trainer.pruner.state_dict() if trainer.pruner is not None else None,
+        "atmc": trainer.atmc.state_dict() if trainer.atmc is not None else None,
+    }
+    save_atomically(final, run.final)
+    run.write_json(run.results, results)
+    run.log_metrics({"kind": "final", **_headline(results)})
+    return results
+
+
+def _dense_costs(dense: nn.Module, data: Data, device: torch.device) -> tuple[int, int]:
+    from .export import layer_costs
+
+    costs = layer_costs(dense, data.example[:1].to(device))
+    return sum(p.numel() for p in dense.parameters()), sum(c["macs"] for c in costs.values())
+
+
+def _headline(results: dict[str, Any]) -> dict[str, Any]:
+    ev = results["evaluation"]
+    return {
+        "dense_clean": ev["dense"]["clean"],
+        "dense_robust": ev["dense"]["robust"],
+        "clean": ev["compressed"]["clean"],
+        "robust": ev["compressed"]["robust"],
+        "size_ratio": results["size"].get("size_ratio"),
+    }

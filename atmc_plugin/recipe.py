@@ -1,0 +1,289 @@
+"""Recipes: one TOML file from a model and data to a trusted, compressed model.
+
+A recipe holds the existing tools' settings in their own vocabulary: ``[torch_pruning]`` names a
+Torch-Pruning pruner class and its keyword arguments, ``[inc]`` is INC's dict form of a
+quantization config (``{"static": {...}}``, ``{"atmc": {...}}``), and ``[atmc]`` is
+:class:`~atmc_plugin.ATMCConfig`. Everything is validated by :func:`load_recipe` before any work
+starts; a :class:`RecipeError` names the file, the key, the bad value and the fix.
+
+Sections (all but ``[model]`` optional)::
+
+    [run]    name, seed, device ("auto" | "cpu" | "cuda")
+    [data]   dataset ("digits" | "cifar10"), path (cifar10: folder of data_batch_*.bin),
+             batch_size, train_limit, test_limit
+    [model]  name ("digits_cnn" | "mlp" | "resnet"), and the model's keyword arguments
+    [train]  pretrain_epochs, compress_epochs, finetune_epochs, lr, momentum, weight_decay,
+             clean_weight
+    [torch_pruning]  pruner, importance, pruning_ratio, iterative_steps, ignored_layers, ...
+    [inc]    INC's dict form: static = {...} and/or atmc = {...}
+    [atmc]   attack, constraint, admm (see ATMCConfig)
+    [eval]   preset ("quick" | "standard"), eps, limit, latency_batch
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ATMCConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+from .errors import ConfigError, did_you_mean
+
+DATASETS = ("digits", "cifar10")
+MODELS = ("digits_cnn", "mlp", "resnet")
+DEVICES = ("auto", "cpu", "cuda")
+PRESETS = ("quick", "standard")
+INC_ALGORITHMS = ("static", "atmc")
+
+
+class RecipeError(ConfigError):
+    """A recipe is unusable; the message names the file, the key, the value and the fix."""
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """The three training stages, in epochs, and the SGD settings."""
+
+    pretrain_epochs: int = 10
+    compress_epochs: int = 20
+    finetune_epochs: int = 5
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    clean_weight: float = 0.5
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe. ``raw`` is the parsed TOML (what the run directory snapshots)."""
+
+    path: Path
+    raw: dict[str, Any]
+    name: str
+    seed: int
+    device: str
+    dataset: str
+    data_path: Path | None
+    batch_size: int
+    train_limit: int | None
+    test_limit: int | None
+    model_name: str
+    model_kwargs: dict[str, Any]
+    train: TrainSpec
+    atmc: ATMCConfig
+    torch_pruning: dict[str, Any] | None
+    inc: dict[str, Any] | None
+    preset: str
+    eps: float
+    eval_limit: int | None
+    latency_batch: int
+    stages: tuple[tuple[str, int], ...] = field(default=())
+
+    @property
+    def digest(self) -> str:
+        """Hash of the recipe's content: a checkpoint from another recipe is refused."""
+        text = json.dumps(self.raw, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class _Section:
+    """Typed reads from one recipe section, with errors that name file, key, value and fix."""
+
+    def __init__(self, path: Path, name: str, data: Any, keys: tuple[str, ...] | None) -> None:
+        self.path, self.name = path, name
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise self.error(name, data, f"[{name}] must be a table")
+        self.data = dict(data)
+        if keys is not None:
+            for key in self.data:
+                if key not in keys:
+                    raise RecipeError(
+                        f"{path}: [{name}] has an unknown key {key!r}.{did_you_mean(key, keys)} "
+                        f"Valid keys: {', '.join(keys)}."
+                    )
+
+    def error(self, key: str, value: Any, fix: str) -> RecipeError:
+        return RecipeError(f"{self.path}: [{self.name}] {key} = {value!r}: {fix}.")
+
+    def integer(self, key: str, default: int | None, low: int = 0) -> Any:
+        value = self.data.get(key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise self.error(key, value, f"expected an integer >= {low}")
+        return value
+
+    def number(self, key: str, default: float, low: float = 0.0, high: float = math.inf) -> float:
+        value = self.data.get(key, default)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or not low <= value <= high:
+            bound = f"in [{low}, {high}]" if math.isfinite(high) else f">= {low}"
+            raise self.error(key, value, f"expected a number {bound}")
+        return float(value)
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.data.get(key, default)
+        if not isinstance(value, str) or value not in choices:
+            hint = did_you_mean(value, choices) if isinstance(value, str) else ""
+            raise self.error(key, value, f"choose one of {', '.join(choices)}.{hint}".rstrip("."))
+        return value
+
+    def string(self, key: str, default: str) -> str:
+        value = self.data.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise self.error(key, value, "expected a non-empty string")
+        return value
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a TOML recipe (nothing else is touched).
+
+    :raises RecipeError: unreadable file, invalid TOML, unknown section or key, bad value.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"recipe {str(p)!r} does not exist; see examples/recipes/ for examples.")
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RecipeError(f"{p}: not a valid TOML file: {exc}") from exc
+    return recipe_from_dict(raw, p)
+
+
+def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
+    """Validate the parsed form of a recipe (``path`` is used in messages and for ``data.path``)."""
+    sections = ("run", "data", "model", "train", "torch_pruning", "inc", "atmc", "eval")
+    for key in raw:
+        if key not in sections:
+            raise RecipeError(
+                f"{path}: unknown section [{key}].{did_you_mean(key, sections)} "
+                f"Valid sections: {', '.join(sections)}."
+            )
+    if "model" not in raw:
+        raise RecipeError(f"{path}: the [model] section is missing; add e.g. name = 'digits_cnn'.")
+    run = _Section(path, "run", raw.get("run"), ("name", "seed", "device"))
+    data = _Section(
+        path,
+        "data",
+        raw.get("data"),
+        ("dataset", "path", "batch_size", "train_limit", "test_limit"),
+    )
+    model = _Section(path, "model", raw["model"], None)
+    train = _Section(path, "train", raw.get("train"), tuple(TrainSpec.__dataclass_fields__))
+    ev = _Section(path, "eval", raw.get("eval"), ("preset", "eps", "limit", "latency_batch"))
+
+    dataset = data.choice("dataset", "digits", DATASETS)
+    data_path = None
+    if dataset == "cifar10":
+        if "path" not in data.data:
+            raise data.error("path", None, "cifar10 needs the folder holding data_batch_*.bin")
+        data_path = (path.parent / data.string("path", "")).expanduser()
+    model_name = model.choice("name", "digits_cnn", MODELS)
+    model_kwargs = {k: v for k, v in model.data.items() if k != "name"}
+    spec = TrainSpec(
+        pretrain_epochs=train.integer("pretrain_epochs", TrainSpec.pretrain_epochs),
+        compress_epochs=train.integer("compress_epochs", TrainSpec.compress_epochs),
+        finetune_epochs=train.integer("finetune_epochs", TrainSpec.finetune_epochs),
+        lr=train.number("lr", TrainSpec.lr, low=1e-12),
+        momentum=train.number("momentum", TrainSpec.momentum, high=1.0),
+        weight_decay=train.number("weight_decay", TrainSpec.weight_decay),
+        clean_weight=train.number("clean_weight", TrainSpec.clean_weight, high=1.0),
+    )
+    try:
+        atmc = ATMCConfig.from_dict(raw.get("atmc", {}))
+    except ConfigError as exc:
+        raise RecipeError(f"{path}: [atmc] {exc}") from exc
+    tp_section = _torch_pruning(path, raw.get("torch_pruning"), atmc)
+    inc = _inc(path, raw.get("inc"), tp_section, atmc)
+    default_eps = atmc.attack.eps if atmc.attack is not None else 8 / 255
+    return Recipe(
+        path=path,
+        raw=dict(raw),
+        name=run.string("name", path.stem),
+        seed=run.integer("seed", 0),
+        device=run.choice("device", "auto", DEVICES),
+        dataset=dataset,
+        data_path=data_path,
+        batch_size=data.integer("batch_size", 64, low=1),
+        train_limit=data.integer("train_limit", None, low=1),
+        test_limit=data.integer("test_limit", None, low=1),
+        model_name=model_name,
+        model_kwargs=model_kwargs,
+        train=spec,
+        atmc=atmc,
+        torch_pruning=tp_section,
+        inc=inc,
+        preset=ev.choice("preset", "quick", PRESETS),
+        eps=ev.number("eps", default_eps, low=1e-12),
+        eval_limit=ev.integer("limit", None, low=1),
+        latency_batch=ev.integer("latency_batch", 256, low=1),
+        stages=(
+            ("pretrain", spec.pretrain_epochs),
+            ("compress", spec.compress_epochs),
+            ("finetune", spec.finetune_epochs),
+        ),
+    )
+
+
+def _torch_pruning(path: Path, data: Any, atmc: ATMCConfig) -> dict[str, Any] | None:
+    if data is None:
+        return None
+    section = _Section(path, "torch_pruning", data, None)
+    out = dict(section.data)
+    section.string("pruner", "")
+    out.setdefault("importance", "ADMMProxyImportance")
+    section.string("importance", "ADMMProxyImportance")
+    out["pruning_ratio"] = section.number("pruning_ratio", 0.5, high=0.99)
+    out["iterative_steps"] = section.integer("iterative_steps", 1, low=1)
+    ignored = out.get("ignored_layers", [])
+    if not isinstance(ignored, list) or not all(isinstance(n, str) for n in ignored):
+        raise section.error("ignored_layers", ignored, "expected a list of module names")
+    out["ignored_layers"] = ignored
+    if atmc.constraint.factorize:
+        raise section.error(
+            "pruner",
+            out["pruner"],
+            "[atmc.constraint] factorize = true cannot be combined "
+            "with structural pruning; remove factorize or the [torch_pruning] section",
+        )
+    return out
+
+
+def _inc(
+    path: Path, data: Any, tp_section: dict[str, Any] | None, atmc: ATMCConfig
+) -> dict[str, Any] | None:
+    if data is None:
+        return None
+    section = _Section(path, "inc", data, INC_ALGORITHMS)
+    for key, value in section.data.items():
+        if not isinstance(value, Mapping):
+            raise section.error(key, value, "expected a table of INC config settings")
+    if "atmc" in section.data:
+        if tp_section is not None:
+            raise section.error(
+                "atmc",
+                section.data["atmc"],
+                "ATMC runs either through Torch-Pruning's wrap "
+                "([torch_pruning] + [atmc.constraint]) or through INC's 'atmc' config, not both; "
+                "drop one of them",
+            )
+        if atmc.constraint.sparse or atmc.constraint.quantized:
+            raise section.error(
+                "atmc",
+                section.data["atmc"],
+                "the constraint is given twice; with [inc.atmc] "
+                "leave [atmc.constraint] out ([atmc.attack] still sets the pre-training attack)",
+            )
+    return {k: dict(v) for k, v in section.data.items()}

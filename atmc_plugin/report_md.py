@@ -1,0 +1,178 @@
+"""``report.md`` and PNG plots of a run folder, from ``metrics.jsonl`` and ``results.json``.
+
+``atmc report RUN_DIR`` calls :func:`write_report`; so does the end of ``atmc run``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import ATMCError
+from .rundir import RunDir
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 else f"{value:.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _evaluation_table(results: dict[str, Any]) -> list[str]:
+    ev = results["evaluation"]
+    attacks = list(ev["dense"]["per_attack"])
+    size = results["size"]
+    lat = results.get("latency_ms", {})
+    head = ["model", "clean", *attacks, "worst case", "size ratio", "params", "MACs", "latency"]
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+    rows = (
+        (
+            "dense (after pre-training)",
+            "dense",
+            1.0,
+            size.get("dense_params"),
+            size.get("dense_macs"),
+        ),
+        (
+            "compressed" + (" (INC int8)" if results.get("int8") else ""),
+            "compressed",
+            size.get("size_ratio"),
+            size.get("params"),
+            size.get("macs"),
+        ),
+    )
+    for label, key, ratio, params, macs in rows:
+        r = ev[key]
+        cells = [label, _fmt(r["clean"])]
+        cells += [_fmt(r["per_attack"][a]) for a in attacks]
+        cells += [_fmt(r["robust"]), _fmt(ratio), _fmt(params), _fmt(macs)]
+        cells.append(f"{lat[key]:.3f} ms" if key in lat else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render(run: RunDir, info: dict[str, Any], results: dict[str, Any]) -> str:
+    """The Markdown report."""
+    ev = results["evaluation"]["compressed"]
+    size = results["size"]
+    lines = [
+        f"# atmc run: {results['recipe']}",
+        "",
+        f"Recipe `{info.get('recipe')}` (digest {info.get('recipe_digest')}), seed "
+        f"{info.get('seed')}, device {info.get('device')}, {info.get('machine')}. "
+        f"Training took {results['train_seconds']:.0f} s.",
+        "",
+        f"## Accuracy and robustness (l_inf eps {ev['eps']:g}, preset {ev['preset']}, "
+        f"n = {ev['n']})",
+        "",
+        *_evaluation_table(results),
+        "",
+        f"Latency: median of 30 eager forward passes of a batch of {results['latency_batch']}. "
+        "An INC int8 graph runs reference quantize/dequantize ops in eager mode; compile it "
+        "with `torch.compile` (inductor `freezing=True`) for int8 kernels.",
+        "",
+    ]
+    flags = sorted({f for r in results["evaluation"].values() for f in r.get("flags", [])})
+    if flags:
+        lines += [f"**Robustness warnings:** {', '.join(flags)} (see docs/robustness.md).", ""]
+    storage = size.get("storage")
+    lines += ["## Size", ""]
+    lines.append(
+        f"- size ratio (non-zeros x bits / dense 32-bit conv/linear weights): "
+        f"{_fmt(size.get('size_ratio'))}"
+    )
+    if storage:
+        lines.append(
+            f"- storage-honest: {storage['total_bytes']:,} bytes of {storage['dense_bytes']:,} "
+            f"dense (ratio {_fmt(storage['ratio'])}; codes, indices, codebooks, biases, "
+            "BatchNorm)"
+        )
+    if "compact_file_bytes" in size:
+        lines.append(f"- `model.safetensors`: {size['compact_file_bytes']:,} bytes")
+    lines += ["", "## Plots", "", "![training](training.png)", "", "![size](accuracy_vs_size.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_training(records: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    x = [r["global_epoch"] for r in epochs]
+    ax1.plot(x, [r["loss"] for r in epochs], label="training loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax2.plot(x, [r["train_acc"] for r in epochs], label="train (clean)")
+    adv = [(r["global_epoch"], r["train_adv_acc"]) for r in epochs if r.get("train_adv_acc")]
+    if adv:
+        ax2.plot(*zip(*adv, strict=True), label="train (adversarial)")
+    ax2.plot(x, [r["test_acc"] for r in epochs], label="test (clean)")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("accuracy")
+    for ax in (ax1, ax2):
+        seen = set()
+        for r in epochs:
+            if r["epoch"] == 1 and r["stage"] not in seen:
+                seen.add(r["stage"])
+                ax.axvline(r["global_epoch"] - 0.5, color="grey", linestyle=":", linewidth=0.8)
+                ax.text(r["global_epoch"], ax.get_ylim()[1], r["stage"], fontsize=7, va="top")
+        ax.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_size(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ev, size = results["evaluation"], results["size"]
+    points = {"dense": 1.0, "compressed": size.get("size_ratio") or 1.0}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, marker in (("clean", "o"), ("robust", "s")):
+        xs = [points[m] for m in ("dense", "compressed")]
+        ys = [ev[m][key] for m in ("dense", "compressed")]
+        ax.plot(xs, ys, marker=marker, label="clean" if key == "clean" else "robust (worst case)")
+    for name, ratio in points.items():
+        ax.annotate(
+            name, (ratio, ev[name]["clean"]), fontsize=8, xytext=(4, 4), textcoords="offset points"
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("size ratio (compressed bits / dense 32-bit bits)")
+    ax.set_ylabel(f"accuracy (eps {ev['compressed']['eps']:g})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(run: RunDir) -> Path:
+    """(Re)write ``report.md``, ``training.png`` and ``accuracy_vs_size.png``.
+
+    :raises ATMCError: the run has not finished (no ``results.json``).
+    """
+    if not run.results.exists():
+        raise ATMCError(
+            f"{str(run.root)!r} has no results.json: the run has not finished; continue it with "
+            "`atmc run RECIPE --out RUN_DIR --resume`."
+        )
+    results = json.loads(run.results.read_text(encoding="utf-8"))
+    info_path = run.root / "run.json"
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
+    plot_training(run.read_metrics(), run.root / "training.png")
+    plot_size(results, run.root / "accuracy_vs_size.png")
+    path = run.root / "report.md"
+    path.write_text(render(run, info, results), encoding="utf-8")
+    return path

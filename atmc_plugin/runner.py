@@ -1,0 +1,354 @@
+"""``atmc run``: a recipe's three training stages, safe to interrupt and to resume.
+
+Stages (epochs from ``[train]``):
+
+1. ``pretrain``: dense adversarial training with ``[atmc.attack]`` at ``lr``;
+2. ``compress``: ATMC at ``lr / 2``: through ``atmc_plugin.wrap`` on the ``[torch_pruning]``
+   pruner (its ``iterative_steps`` spread evenly over the stage), through INC's ``prepare``
+   with ``[inc.atmc]``, or as a plain :class:`~atmc_plugin.ATMC`;
+3. ``finetune``: hard projection (``finalize``; INC's ``convert`` with ``[inc.atmc]``), then
+   adversarial fine-tuning at ``lr / 10`` with masks and quantization sets fixed.
+
+After every epoch a checkpoint (model, optimizer, scheduler, ATMC / pruner state, RNG streams,
+number of metric records) is written atomically, so ``--resume`` after a kill at any point ends
+with the same final figures as an uninterrupted run. A non-finite loss or weight stops the run
+(:class:`DivergedError`) and keeps the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .build import Data, build_pruner, inc_configs
+from .config import ATMCConfig
+from .core import ATMC
+from .errors import ATMCError, InputError
+from .recipe import Recipe
+from .rundir import RunDir
+
+log = logging.getLogger(__name__)
+STAGE_LR = {"pretrain": 1.0, "compress": 0.5, "finetune": 0.1}
+
+
+class DivergedError(ATMCError):
+    """Training produced a non-finite loss or weight; the last good checkpoint is kept."""
+
+
+class Trainer:
+    """Holds the model and the tools of the current stage; :meth:`run` drives the stages.
+
+    :param recipe: the validated recipe.
+    :param data: its data (see :func:`atmc_plugin.build.check_recipe`).
+    :param device: where to train.
+    :param run: the run folder (``None`` on ranks that do not write).
+    :param progress: show tqdm progress bars.
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        data: Data,
+        model: nn.Module,
+        device: torch.device,
+        run: RunDir | None,
+        progress: bool = False,
+    ) -> None:
+        self.recipe = recipe
+        self.data = data
+        self.device = device
+        self.run_dir = run
+        self.progress = progress
+        self.model = model
+        self.x_train = data.x_train.to(device)
+        self.y_train = data.y_train.to(device)
+        self.gen = torch.Generator().manual_seed(recipe.seed)
+        self.metrics_count = 0
+        self.atmc: ATMC | None = None  # the ATMC of the compress/finetune stages
+        self.pruner: Any = None  # ATMCPruner with [torch_pruning]
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.perturb: Any = None
+        self.penalty: Any = None
+        self.history: list[dict[str, Any]] = []
+
+    # -- stage set-up ------------------------------------------------------------------------
+    def _optimizer(self, stage: str, epochs: int) -> None:
+        spec = self.recipe.train
+        lr = spec.lr * STAGE_LR[stage]
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=lr,
+            momentum=spec.momentum,
+            weight_decay=spec.weight_decay if stage != "finetune" else 0.0,
+        )
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, max(1, epochs))
+
+    def _build_compress(self) -> None:
+        """Create the compress stage's tools on the current model (fresh or pre-trained)."""
+        recipe = self.recipe
+        epochs = dict(recipe.stages)["compress"]
+        if recipe.torch_pruning is not None:
+            import atmc_plugin
+
+            pruner = build_pruner(recipe, self.model, self.data.example.to(self.device))
+            self._optimizer("compress", epochs)
+            self.pruner = atmc_plugin.wrap(
+                pruner,
+                recipe.atmc,
+                optimizer=self.optimizer,
+                example_inputs=self.data.example.to(self.device),
+            )
+            self.atmc = self.pruner.atmc
+        elif recipe.inc and "atmc" in recipe.inc:
+            from atmc_plugin_adapters.inc import session_of
+            from neural_compressor.torch.quantization import prepare
+
+            config = inc_configs(recipe)["atmc"]
+            self.model = prepare(self.model, config)
+            self.atmc = session_of(self.model).atmc
+            self._optimizer("compress", epochs)
+        else:
+            self.atmc = ATMC(self.model, recipe.atmc)
+            self._optimizer("compress", epochs)
+            self.atmc.attach(self._require_optimizer())
+        self.perturb, self.penalty = self.atmc.perturb, self.atmc.penalty
+
+    def _finalize(self) -> None:
+        """End of compression: hard projection onto the constraint set."""
+        if self.pruner is not None:
+            self.pruner.finalize()
+        elif self.recipe.inc and "atmc" in self.recipe.inc:
+            from neural_compressor.torch.quantization import convert
+
+            self.model = convert(self.model)
+        elif self.atmc is not None:
+            self.atmc.finalize()
+
+    def _require_optimizer(self) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            raise ATMCError("internal: no optimizer for the current stage.")
+        return self.optimizer
+
+    def enter(self, stage: str, restore: dict[str, Any] | None) -> None:
+        """Build ``stage``'s tools; with ``restore`` (a checkpoint of this stage) load states."""
+        epochs = dict(self.recipe.stages)[stage]
+        if stage == "pretrain":
+            dense = ATMC(self.model, ATMCConfig(attack=self.recipe.atmc.attack))
+            self.perturb, self.penalty = dense.perturb, None
+            self._optimizer("pretrain", epochs)
+        elif stage == "compress":
+            self._build_compress()
+            if restore is not None:
+                self._load_tools(restore)
+        else:
+            if restore is not None:
+                self._build_compress()
+                self._load_tools(restore)
+            elif self.atmc is None:
+                self._build_compress()  # a recipe with compress_epochs = 0
+                self._finalize()
+            else:
+                self._finalize()
+            atmc = self._require_atmc()
+            self._optimizer("finetune", epochs)
+            atmc.attach(self._require_optimizer())
+            self.perturb, self.penalty = atmc.perturb, None
+        if restore is not None:
+            self.model.load_state_dict(restore["model"])
+            self._require_optimizer().load_state_dict(restore["optimizer"])
+            self.scheduler.load_state_dict(restore["scheduler"])
+            torch.set_rng_state(restore["rng"]["torch"])
+            self.gen.set_state(restore["rng"]["data"])
+            if restore["rng"].get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(restore["rng"]["cuda"])
+            self.metrics_count = int(restore["metrics_count"])
+
+    def _require_atmc(self) -> ATMC:
+        if self.atmc is None:
+            raise ATMCError("internal: the compress stage has not been built.")
+        return self.atmc
+
+    def _load_tools(self, restore: dict[str, Any]) -> None:
+        if self.pruner is not None:
+            self.pruner.load_state_dict(restore["pruner"])
+        else:
+            self._require_atmc().load_state_dict(restore["atmc"])
+
+    # -- training ----------------------------------------------------------------------------
+    def _prune_steps_due(self, epoch: int, epochs: int) -> None:
+        if self.pruner is None:
+            return
+        steps = int(self.pruner.iterative_steps)
+        while self.pruner.current_step < steps and epoch >= math.floor(
+            self.pruner.current_step * epochs / steps
+        ):
+            self.pruner.step()
+            log.info(
+                "pruning step %d/%d: %d parameters",
+                self.pruner.current_step,
+                steps,
+                sum(p.numel() for p in self.model.parameters()),
+            )
+
+    def train_epoch(self, stage: str, epoch: int) -> dict[str, Any]:
+        """One epoch; raises :class:`DivergedError` on a non-finite loss or weight."""
+        spec = self.recipe.train
+        model, opt = self.model, self._require_optimizer()
+        order = torch.randperm(len(self.y_train), generator=self.gen).to(self.device)
+        batches = range(0, len(order), self.recipe.batch_size)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc=f"{stage} {epoch + 1}", unit="batch", leave=False)
+        total = correct = adv_correct = 0
+        loss_sum = 0.0
+        for step, start in enumerate(batches):
+            idx = order[start : start + self.recipe.batch_size]
+            x, y = self.x_train[idx], self.y_train[idx]
+            model.train()
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            if self.perturb is not None and self.recipe.atmc.attack is not None:
+                adv_logits = model(self.perturb(x, y))
+                loss = spec.clean_weight * loss + (1 - spec.clean_weight) * F.cross_entropy(
+                    adv_logits, y
+                )
+                adv_correct += int((adv_logits.argmax(1) == y).sum())
+            if self.penalty is not None:
+                loss = loss + self.penalty()
+            if not torch.isfinite(loss):
+                raise self._diverged(stage, epoch, step, f"loss = {float(loss)}")
+            opt.zero_grad()
+            loss.backward()
+            if self.pruner is not None and stage == "compress":
+                self.pruner.regularize(model)
+            try:
+                opt.step()
+            except InputError as exc:  # ATMC refuses NaN/inf weights before projecting
+                raise self._diverged(stage, epoch, step, str(exc)) from exc
+            total += len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += float(loss) * len(y)
+        bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise self._diverged(stage, epoch, len(batches), f"non-finite weights in {bad[:3]}")
+        return {
+            "loss": loss_sum / max(1, total),
+            "train_acc": correct / max(1, total),
+            "train_adv_acc": adv_correct / max(1, total) if adv_correct or self.perturb else None,
+        }
+
+    def _diverged(self, stage: str, epoch: int, step: int, what: str) -> DivergedError:
+        where = self.run_dir.last if self.run_dir is not None else "(no run folder)"
+        eps = self.recipe.atmc.attack.eps if self.recipe.atmc.attack else None
+        return DivergedError(
+            f"training diverged in stage {stage!r}, epoch {epoch + 1}, step {step + 1}: {what}. "
+            f"The last good checkpoint is kept at {where}. Lower [train] lr (now "
+            f"{self.recipe.train.lr:g}) or [atmc.attack] eps (now {eps}) in a new recipe."
+        )
+
+    def test_accuracy(self) -> float:
+        from .modes import preserved_modes
+
+        x, y = self.data.x_test.to(self.device), self.data.y_test.to(self.device)
+        correct = 0
+        with preserved_modes(self.model), torch.no_grad():
+            self.model.eval()
+            for start in range(0, len(y), 512):
+                out = self.model(x[start : start + 512])
+                correct += int((out.argmax(1) == y[start : start + 512]).sum())
+        return correct / max(1, len(y))
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state(self, stage_index: int, epoch: int) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "stage": stage_index,
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self._require_optimizer().state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "data": self.gen.get_state(),
+                "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
+            },
+            "metrics_count": self.metrics_count,
+        }
+        if self.pruner is not None:
+            state["pruner"] = self.pruner.state_dict()
+        elif self.atmc is not None:
+            state["atmc"] = self.atmc.state_dict()
+        return state
+
+    def run(self, checkpoint: dict[str, Any] | None) -> None:
+        """Run (or continue from ``checkpoint``) the three stages."""
+        start_stage = int(checkpoint["stage"]) if checkpoint else 0
+        start_epoch = int(checkpoint["epoch"]) if checkpoint else 0
+        offset = sum(e for _, e in self.recipe.stages[:start_stage])
+        for index, (stage, epochs) in enumerate(self.recipe.stages):
+            if index < start_stage:
+                continue
+            resuming = checkpoint is not None and index == start_stage
+            self.enter(stage, checkpoint if resuming else None)
+            first = start_epoch if resuming else 0
+            if resuming:
+                log.info("resuming stage %s at epoch %d/%d", stage, first, epochs)
+            else:
+                log.info("stage %s: %d epochs", stage, epochs)
+            for epoch in range(first, epochs):
+                started = time.perf_counter()
+                if stage == "compress":
+                    self._prune_steps_due(epoch, epochs)
+                stats = self.train_epoch(stage, epoch)
+                self.scheduler.step()
+                record = {
+                    "kind": "epoch",
+                    "stage": stage,
+                    "epoch": epoch + 1,
+                    "global_epoch": offset + epoch + 1,
+                    **stats,
+                    "test_acc": self.test_accuracy(),
+                    "params": sum(p.numel() for p in self.model.parameters()),
+                    "lr": self._require_optimizer().param_groups[0]["lr"],
+                    "seconds": time.perf_counter() - started,
+                }
+                self._record(record)
+                log.info(
+                    "%s %d/%d  loss %.4f  train acc %.3f  test acc %.3f  (%.1f s)",
+                    stage,
+                    epoch + 1,
+                    epochs,
+                    record["loss"],
+                    record["train_acc"],
+                    record["test_acc"],
+                    record["seconds"],
+                )
+                if self.run_dir is not None:
+                    self.run_dir.save_checkpoint(
+                        self.run_dir.last, self.state(index, epoch + 1), self.recipe
+                    )
+            if stage == "compress" and self.pruner is not None:
+                self._prune_steps_due(epochs, epochs)  # steps left by a short stage
+            if stage == "pretrain" and self.run_dir is not None:
+                self.run_dir.save_checkpoint(
+                    self.run_dir.dense, {"model": self.model.state_dict()}, self.recipe
+                )
+            offset += epochs
+
+    def _record(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        self.metrics_count += 1
+        if self.run_dir is not None:
+            self.run_dir.log_metrics(record)
+
+
+def train_batches(x: Tensor, y: Tensor, size: int) -> list[tuple[Tensor, Tensor]]:
+    """``(x, y)`` batches in order (calibration and evaluation helpers)."""
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
