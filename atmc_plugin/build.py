@@ -135,19 +135,20 @@ def _importance(recipe: Recipe, name: str) -> Any:
 
 
 def inc_configs(recipe: Recipe) -> dict[str, Any]:
-    """INC config objects built by INC itself from the ``[inc]`` dict form."""
+    """INC config objects from the ``[inc]`` dict form (``atmc`` and ``static``)."""
     if not recipe.inc:
         return {}
     from atmc_plugin_adapters.inc import ATMCQuantConfig
-    from neural_compressor.torch.quantization import StaticQuantConfig
+    from atmc_plugin_adapters.inc.pt2e import static_config_from_dict
 
     out: dict[str, Any] = {}
     for algo, settings in recipe.inc.items():
-        cls = ATMCQuantConfig if algo == "atmc" else StaticQuantConfig
         try:
-            config = cls.from_dict(settings)
             if algo == "atmc":
+                config = ATMCQuantConfig.from_dict(settings)
                 config.validate()
+            else:
+                config = static_config_from_dict(settings)
         except (TypeError, ValueError, KeyError) as exc:
             raise RecipeError(f"{recipe.path}: [inc.{algo}] {exc}") from exc
         out[algo] = config

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .build import Data, build_model, check_recipe, resolve_device
+from .errors import InputError
 from .modes import preserved_modes
 from .recipe import Recipe
 from .rundir import RunDir, load_checkpoint
@@ -90,12 +91,18 @@ def ship(recipe: Recipe, model: nn.Module, data: Data) -> nn.Module:
         return model
     from atmc_plugin_adapters.inc.pt2e import quantize_static_int8
 
+    from .build import inc_configs
+
     device = next(model.parameters()).device
     calib = train_batches(data.x_train[:512].to(device), data.y_train[:512].to(device), 128)
     with torch.random.fork_rng():
         torch.manual_seed(recipe.seed)
         return quantize_static_int8(
-            model, data.example.to(device), calib, attack=recipe.atmc.attack
+            model,
+            data.example.to(device),
+            calib,
+            attack=recipe.atmc.attack,
+            config=inc_configs(recipe)["static"],
         )
 
 
@@ -107,7 +114,6 @@ def load_final(path: Path, device: torch.device) -> tuple[Recipe, Data, nn.Modul
     """
     from .build import load_data
     from .core import ATMC
-    from .errors import InputError
     from .recipe import recipe_from_dict
 
     try:
@@ -135,6 +141,7 @@ def load_final(path: Path, device: torch.device) -> tuple[Recipe, Data, nn.Modul
     elif payload["atmc"] is not None and recipe.atmc.constraint.factorize:
         ATMC(model, recipe.atmc)  # re-creates the low-rank + sparse parametrization
     model.load_state_dict(payload["model"])
+    model.eval()
     return recipe, data, model, ship(recipe, model, data)
 
 
@@ -158,34 +165,35 @@ def latency(model: nn.Module, batch: Tensor, repeats: int = 30) -> float:
     return sorted(samples)[len(samples) // 2]
 
 
-def _size(trainer: Trainer, run: RunDir) -> dict[str, Any]:
-    from .export import layer_costs, save_compact, storage_report
+def _size(trainer: Trainer, run: RunDir, dense: nn.Module) -> dict[str, Any]:
+    """Paper-convention size ratio, storage-honest bytes (and the compact file), params, MACs."""
+    from .export import layer_costs, save_compact
 
-    out: dict[str, Any] = {}
+    model = _plain(trainer.model)
+    dense_bytes = sum(t.numel() * t.element_size() for t in dense.state_dict().values())
+    out: dict[str, Any] = {"dense_state_bytes": dense_bytes}
     atmc = trainer.atmc
     if atmc is not None:
         report = trainer.pruner.report() if trainer.pruner is not None else atmc.report()
         out["compression"] = report.to_dict()
-        elementwise = getattr(report, "elementwise", report)
-        out["size_ratio"] = elementwise.size_ratio
+        out["size_ratio"] = getattr(report, "elementwise", report).size_ratio
         try:
-            storage = save_compact(run.root / "model.safetensors", trainer.model, atmc)
-            out["storage"] = storage.to_dict()
-            out["compact_file_bytes"] = (run.root / "model.safetensors").stat().st_size
-        except Exception as exc:  # integer grids have no compact format yet
+            storage = save_compact(run.root / "model.safetensors", model, atmc)
+        except InputError as exc:  # integer grids: the INC int8 graph holds the codes instead
             log.info("no compact export: %s", exc)
-            out["storage"] = storage_report_or_none(trainer, storage_report)
-    costs = layer_costs(_merged(trainer.model), trainer.data.example[:1].to(trainer.device))
-    out["params"] = sum(p.numel() for p in trainer.model.parameters())
+        else:
+            out["storage"] = {
+                **storage.to_dict(),
+                "ratio_vs_dense": storage.total_bytes / dense_bytes,
+            }
+            out["compact_file_bytes"] = (run.root / "model.safetensors").stat().st_size
+    dense_costs = layer_costs(dense, trainer.data.example[:1].to(trainer.device))
+    costs = layer_costs(_merged(model), trainer.data.example[:1].to(trainer.device))
+    out["params"] = sum(p.numel() for p in model.parameters())
     out["macs"] = sum(c["macs"] for c in costs.values())
+    out["dense_params"] = sum(p.numel() for p in dense.parameters())
+    out["dense_macs"] = sum(c["macs"] for c in dense_costs.values())
     return out
-
-
-def storage_report_or_none(trainer: Trainer, fn: Any) -> dict[str, Any] | None:
-    try:
-        return dict(fn(trainer.model, trainer.atmc).to_dict())
-    except Exception:  # integer grids: codes live in INC's int8 graph instead
-        return None
 
 
 def _merged(model: nn.Module) -> nn.Module:
@@ -222,6 +230,7 @@ def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any
     from .io import save_atomically
 
     recipe, data, dev = trainer.recipe, trainer.data, trainer.device
+    _plain(trainer.model).eval()
     shipped = ship(recipe, _plain(trainer.model), data)
     dense = build_model(recipe, data).to(dev)
     dense.load_state_dict(load_checkpoint(run.dense, recipe)["model"])
@@ -232,10 +241,8 @@ def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any
         "train_seconds": train_seconds,
         "int8": shipped is not _plain(trainer.model),
         "evaluation": evaluate_pair(recipe, data, models, recipe.preset, dev),
-        "size": _size(trainer, run),
+        "size": _size(trainer, run, dense),
     }
-    dense_costs = _dense_costs(dense, data, dev)
-    results["size"]["dense_params"], results["size"]["dense_macs"] = dense_costs
     batch = data.x_test[: recipe.latency_batch].to(dev)
     results["latency_ms"] = {name: 1e3 * latency(m, batch) for name, m in models.items()}
     results["latency_batch"] = len(batch)
@@ -252,13 +259,6 @@ def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any
     run.write_json(run.results, results)
     run.log_metrics({"kind": "final", **_headline(results)})
     return results
-
-
-def _dense_costs(dense: nn.Module, data: Data, device: torch.device) -> tuple[int, int]:
-    from .export import layer_costs
-
-    costs = layer_costs(dense, data.example[:1].to(device))
-    return sum(p.numel() for p in dense.parameters()), sum(c["macs"] for c in costs.values())
 
 
 def _headline(results: dict[str, Any]) -> dict[str, Any]:

@@ -88,9 +88,9 @@ def render(run: RunDir, info: dict[str, Any], results: dict[str, Any]) -> str:
     )
     if storage:
         lines.append(
-            f"- storage-honest: {storage['total_bytes']:,} bytes of {storage['dense_bytes']:,} "
-            f"dense (ratio {_fmt(storage['ratio'])}; codes, indices, codebooks, biases, "
-            "BatchNorm)"
+            f"- storage-honest: {storage['total_bytes']:,} bytes against "
+            f"{size['dense_state_bytes']:,} for the dense model (ratio "
+            f"{_fmt(storage['ratio_vs_dense'])}; codes, indices, codebooks, biases, BatchNorm)"
         )
     if "compact_file_bytes" in size:
         lines.append(f"- `model.safetensors`: {size['compact_file_bytes']:,} bytes")

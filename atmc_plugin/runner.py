@@ -224,7 +224,7 @@ class Trainer:
             if self.penalty is not None:
                 loss = loss + self.penalty()
             if not torch.isfinite(loss):
-                raise self._diverged(stage, epoch, step, f"loss = {float(loss)}")
+                raise self._diverged(stage, epoch, step, f"loss = {float(loss.detach())}")
             opt.zero_grad()
             loss.backward()
             if self.pruner is not None and stage == "compress":
@@ -235,7 +235,7 @@ class Trainer:
                 raise self._diverged(stage, epoch, step, str(exc)) from exc
             total += len(y)
             correct += int((logits.argmax(1) == y).sum())
-            loss_sum += float(loss) * len(y)
+            loss_sum += float(loss.detach()) * len(y)
         bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
         if bad:
             raise self._diverged(stage, epoch, len(batches), f"non-finite weights in {bad[:3]}")

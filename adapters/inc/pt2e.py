@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from atmc_plugin import AttackConfig, InputError
+from atmc_plugin import AttackConfig, ConfigError, InputError
 from atmc_plugin.adversary import Adversary
+from atmc_plugin.errors import did_you_mean
 from atmc_plugin.plugins import get_plugin_manager
 
 _QD = torch.ops.quantized_decomposed
@@ -36,6 +37,7 @@ def quantize_static_int8(
     *,
     attack: AttackConfig | None = None,
     adversarial_fraction: float = 0.5,
+    config: Any = None,
 ) -> fx.GraphModule:
     """INC static int8 of ``model`` (left unchanged), calibrated on ``calibration`` batches.
 
@@ -44,6 +46,8 @@ def quantize_static_int8(
     :param calibration: ``(x, y)`` batches.
     :param attack: if given, each batch is calibrated clean and, for ``adversarial_fraction``
         of its examples, adversarially (attack on an fp32 copy).
+    :param config: INC's ``StaticQuantConfig`` (default: INC's defaults); see
+        :func:`static_config_from_dict` for the validated dict form.
     :raises InputError: the model cannot be exported (dynamic control flow, unsupported ops).
     """
     from neural_compressor.torch.export import export
@@ -67,7 +71,8 @@ def quantize_static_int8(
         ) from exc
     if exported is None:
         raise InputError(f"INC could not export {type(model).__name__} for static int8.")
-    prepared = prepare(exported, StaticQuantConfig(), example_inputs=(example_inputs,))
+    quant_config = config if config is not None else StaticQuantConfig()
+    prepared = prepare(exported, quant_config, example_inputs=(example_inputs,))
     adversary = Adversary(fp32, attack, get_plugin_manager()) if attack is not None else None
     with torch.no_grad():
         for x, y in calibration:
@@ -77,6 +82,42 @@ def quantize_static_int8(
                 prepared(adversary(x[:n], y[:n]))
     converted: fx.GraphModule = convert(prepared)
     return converted
+
+
+STATIC_CHOICES: dict[str, tuple[Any, ...]] = {
+    "w_dtype": ("int8",),
+    "w_sym": (True, False),
+    "w_granularity": ("per_channel", "per_tensor"),
+    "w_algo": ("minmax", "kl"),
+    "act_dtype": ("uint8", "int8"),
+    "act_sym": (True, False),
+    "act_granularity": ("per_tensor",),
+    "act_algo": ("minmax", "kl"),
+}
+
+
+def static_config_from_dict(settings: dict[str, Any]) -> Any:
+    """INC's ``StaticQuantConfig`` from its dict form, with the keys and values checked
+    (INC itself ignores unknown keys and takes any value).
+
+    :raises ConfigError: an unknown key or a value outside what PT2E static int8 supports.
+    """
+    from neural_compressor.torch.quantization import StaticQuantConfig
+
+    for key, value in settings.items():
+        if key not in STATIC_CHOICES:
+            raise ConfigError(
+                f"static quantization has no setting {key!r}.{did_you_mean(key, STATIC_CHOICES)} "
+                f"Settings: {', '.join(STATIC_CHOICES)}."
+            )
+        if value not in STATIC_CHOICES[key] or isinstance(value, bool) != isinstance(
+            STATIC_CHOICES[key][0], bool
+        ):
+            raise ConfigError(
+                f"static quantization {key} = {value!r}: choose one of "
+                f"{', '.join(map(repr, STATIC_CHOICES[key]))}."
+            )
+    return StaticQuantConfig(**settings)
 
 
 def _first_argument(model: nn.Module) -> str:

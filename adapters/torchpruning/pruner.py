@@ -268,6 +268,13 @@ class ATMCPruner:
         graph = self._pruner.DG
         modules = dict(self.model.named_modules())
         with preserved_modes(self.model):
+            if int(state["current_step"]) > 0:
+                # Torch-Pruning records each scope's initial channel count during its first
+                # step; walk one interactive step on the dense model without pruning any group
+                # so later steps measure their ratios from the dense widths, as in the original.
+                for _group in self._pruner.step(interactive=True) or ():
+                    pass
+                self._pruner.current_step = 0
             for layer, is_out, idxs in state["pruning_history"]:
                 if layer not in modules:
                     raise InputError(

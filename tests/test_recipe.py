@@ -1,0 +1,102 @@
+"""Recipe validation: every error names the file, the key, the value and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from atmc_plugin.build import check_recipe, resolve_device
+from atmc_plugin.recipe import RecipeError, load_recipe
+
+RECIPES = Path(__file__).parent / "recipes"
+EXAMPLES = Path(__file__).parents[1] / "examples" / "recipes"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    return path
+
+
+def test_example_recipes_validate() -> None:
+    recipes = sorted(EXAMPLES.glob("*.toml"))
+    assert len(recipes) >= 5
+    for path in recipes:
+        recipe = load_recipe(path)
+        assert recipe.name and recipe.stages
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ("[modle]\nname='mlp'\n", ["unknown section [modle]", "Did you mean 'model'"]),
+        ("[run]\nseed=1\n", ["[model] section is missing"]),
+        ("[model]\nname='vgg'\n", ["[model] name = 'vgg'", "digits_cnn"]),
+        ("[model]\nname='mlp'\n[train]\nlr=-1\n", ["[train] lr = -1", "expected a number"]),
+        ("[model]\nname='mlp'\n[train]\nepochs=3\n", ["unknown key 'epochs'", "Valid keys"]),
+        ("[model]\nname='mlp'\n[data]\ndataset='cifar10'\n", ["[data] path", "data_batch"]),
+        ("[model]\nname='mlp'\n[atmc.constraint]\ndensity=2\n", ["[atmc]", "density = 2"]),
+        (
+            "[model]\nname='mlp'\n[torch_pruning]\npruner='GroupNormPruner'\n[inc.atmc]\nbits=8\n",
+            ["[inc] atmc", "not both"],
+        ),
+        ("[model]\nname='mlp'\n[inc.rtn]\nbits=4\n", ["[inc] has an unknown key 'rtn'"]),
+        ("[model]\nname='mlp'\n[eval]\npreset='strong'\n", ["[eval] preset = 'strong'"]),
+        ("[model\nname='mlp'\n", ["not a valid TOML file"]),
+    ],
+)
+def test_bad_recipes_name_file_key_and_fix(tmp_path: Path, text: str, needles: list[str]) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert str(path) in message
+    for needle in needles:
+        assert needle in message
+
+
+def test_missing_recipe_file(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ("[torch_pruning]\npruner='NoSuchPruner'\n", "not a torch_pruning.pruner class"),
+        ("[torch_pruning]\npruner='MagnitudePruner'\nignored_layers=['head']\n", "'head'"),
+        ("[torch_pruning]\npruner='MagnitudePruner'\nimportance='Nope'\n", "importance = 'Nope'"),
+        ("[torch_pruning]\npruner='MagnitudePruner'\nround_too=8\n", "round_too"),
+        ("[inc.static]\nw_dtype='int3'\n", "[inc.static]"),
+    ],
+)
+def test_tool_settings_are_checked_before_training(tmp_path: Path, extra: str, needle: str) -> None:
+    path = write(tmp_path, "[model]\nname='digits_cnn'\nwidth=4\n" + extra)
+    recipe = load_recipe(path)
+    with pytest.raises(RecipeError) as info:
+        check_recipe(recipe, torch.device("cpu"))
+    assert needle in str(info.value)
+
+
+def test_missing_cifar_folder_is_reported_before_training(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "[model]\nname='resnet'\ndepth=8\n[data]\ndataset='cifar10'\npath='nowhere'\n"
+    )
+    with pytest.raises(RecipeError, match=r"nowhere.*does not exist"):
+        check_recipe(load_recipe(path), torch.device("cpu"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_a_clear_error() -> None:
+    recipe = load_recipe(RECIPES / "tiny_tp.toml")
+    with pytest.raises(RecipeError, match="no CUDA device"):
+        resolve_device(recipe, "cuda")
+    assert resolve_device(recipe, "auto").type == "cpu"
+
+
+def test_digest_changes_with_content(tmp_path: Path) -> None:
+    a = load_recipe(write(tmp_path, "[model]\nname='mlp'\n"))
+    b = load_recipe(write(tmp_path, "[model]\nname='mlp'\n[train]\nlr=0.01\n"))
+    assert a.digest != b.digest
