@@ -36,11 +36,34 @@ def run_recipe(
     """
     from . import distributed
 
-    dev = resolve_device(recipe, device)
+    dev = distributed.local_device(resolve_device(recipe, device))
     ctx = distributed.context(dev)
-    data = check_recipe(recipe, dev)
-    run = RunDir.prepare(out, recipe, resume, is_writer=ctx.is_writer)
-    checkpoint = load_checkpoint(run.last, recipe) if resume else None
+    try:
+        return _run(recipe, out, dev, ctx, resume, progress)
+    finally:
+        ctx.close()
+
+
+def _run(
+    recipe: Recipe,
+    out: Path,
+    dev: torch.device,
+    ctx: Any,
+    resume: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    from .errors import ATMCError
+
+    failure: Exception | None = None
+    checkpoint: dict[str, Any] | None = None
+    try:
+        data = check_recipe(recipe, dev)
+        run = RunDir.prepare(out, recipe, resume, is_writer=ctx.is_writer)
+        checkpoint = load_checkpoint(run.last, recipe) if resume else None
+    except ATMCError as exc:
+        failure = exc
+    if not ctx.all_ok(failure is None):
+        raise failure or ATMCError("another rank could not start the run; see rank 0's log.")
     if ctx.is_writer:
         if checkpoint is not None:
             run.truncate_metrics(int(checkpoint["metrics_count"]))
@@ -49,9 +72,10 @@ def run_recipe(
     data = ctx.shard(data)
     torch.manual_seed(recipe.seed)
     model = build_model(recipe, data).to(dev)
-    trainer = Trainer(recipe, data, ctx.wrap(model), dev, run if ctx.is_writer else None, progress)
+    trainer = Trainer(recipe, data, model, dev, run if ctx.is_writer else None, progress, ctx)
     started = time.perf_counter()
     trainer.run(checkpoint)
+    ctx.check_identical(model)
     if not ctx.is_writer:
         return {}
     results = finish(trainer, run, time.perf_counter() - started)

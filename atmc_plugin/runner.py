@@ -49,6 +49,7 @@ class Trainer:
     :param device: where to train.
     :param run: the run folder (``None`` on ranks that do not write).
     :param progress: show tqdm progress bars.
+    :param ctx: the :class:`~atmc_plugin.distributed.Context` (default: one process).
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class Trainer:
         device: torch.device,
         run: RunDir | None,
         progress: bool = False,
+        ctx: Any = None,
     ) -> None:
         self.recipe = recipe
         self.data = data
@@ -77,6 +79,22 @@ class Trainer:
         self.perturb: Any = None
         self.penalty: Any = None
         self.history: list[dict[str, Any]] = []
+        if ctx is None:
+            from .distributed import Context
+
+            ctx = Context()
+        self.ctx = ctx
+        self._ddp: tuple[tuple[int, ...], nn.Module] | None = None
+
+    def forward_model(self) -> nn.Module:
+        """The model training forwards go through: DDP under torchrun, rebuilt whenever
+        pruning has replaced parameters; the model itself in one process."""
+        if not self.ctx.distributed:
+            return self.model
+        key = tuple(id(p) for p in self.model.parameters())
+        if self._ddp is None or self._ddp[0] != key:
+            self._ddp = (key, self.ctx.wrap(self.model))
+        return self._ddp[1]
 
     # -- stage set-up ------------------------------------------------------------------------
     def _optimizer(self, stage: str, epochs: int) -> None:
@@ -200,7 +218,7 @@ class Trainer:
     def train_epoch(self, stage: str, epoch: int) -> dict[str, Any]:
         """One epoch; raises :class:`DivergedError` on a non-finite loss or weight."""
         spec = self.recipe.train
-        model, opt = self.model, self._require_optimizer()
+        model, opt = self.forward_model(), self._require_optimizer()
         order = torch.randperm(len(self.y_train), generator=self.gen).to(self.device)
         batches = range(0, len(order), self.recipe.batch_size)
         if self.progress:
@@ -223,12 +241,12 @@ class Trainer:
                 adv_correct += int((adv_logits.argmax(1) == y).sum())
             if self.penalty is not None:
                 loss = loss + self.penalty()
-            if not torch.isfinite(loss):
+            if not self.ctx.all_ok(bool(torch.isfinite(loss))):
                 raise self._diverged(stage, epoch, step, f"loss = {float(loss.detach())}")
             opt.zero_grad()
             loss.backward()
             if self.pruner is not None and stage == "compress":
-                self.pruner.regularize(model)
+                self.pruner.regularize(self.model)
             try:
                 opt.step()
             except InputError as exc:  # ATMC refuses NaN/inf weights before projecting

@@ -224,3 +224,34 @@ def test_inc_recipe_ships_int8_and_evaluates_it(tmp_path: Path) -> None:
     assert "storage" not in results["size"]  # int8 codes live in INC's graph
     shutil.rmtree(out / "checkpoints")
     assert main(["report", str(out)]) == 0
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_torchrun_two_processes_gloo_only_rank0_writes(tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--standalone",
+            "-m",
+            "atmc_plugin",
+            "run",
+            str(TINY),
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads((out / "run.json").read_text())
+    assert info["world_size"] == 2
+    records = RunDir(out).read_metrics()
+    assert len([r for r in records if r["kind"] == "epoch"]) == 7  # one writer, not two
+    assert (out / "results.json").is_file()
