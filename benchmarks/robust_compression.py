@@ -403,7 +403,8 @@ def compress(
         bits = int(method.split()[1].split("-")[0])
         density = ratio * 32 / bits
         report = atmc_training(model, setup, density, None if bits == 32 else bits, True, seed)
-        return model, report.size_ratio, model
+        merged = merge_factors(model)  # what ships: W = B(A + I) + C as one tensor
+        return merged, report.size_ratio, merged
     if method == "TP + adv. fine-tune":
         return model, tp_adversarial(model, setup, ratio, seed).size_ratio, model
     if method == "TP + ATMC (wrap)":
@@ -414,15 +415,20 @@ def compress(
     raise ValueError(f"unknown method {method!r}")
 
 
-def deployed_macs(model: nn.Module, example: Tensor) -> int:
-    """MACs of the model as deployed: factorized weights merged back into one tensor."""
+def merge_factors(model: nn.Module) -> nn.Module:
+    """A copy with factorized weights merged back into one tensor per layer (as deployed)."""
     from torch.nn.utils import parametrize
 
     merged = copy.deepcopy(model)
     for module in merged.modules():
         if parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight")
-    return sum(c["macs"] for c in layer_costs(merged, example).values())
+    return merged
+
+
+def deployed_macs(model: nn.Module, example: Tensor) -> int:
+    """MACs of the model as deployed (factorized weights merged)."""
+    return sum(c["macs"] for c in layer_costs(merge_factors(model), example).values())
 
 
 def pretrain(setup: Setup, epochs: int, seed: int) -> dict[str, nn.Module]:
