@@ -15,9 +15,10 @@ header aside), and :func:`load_compact` rebuilds a state dict with identical val
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .engine.intgrid import GridSpec, element_grid, grid_codes, grid_values
 from .errors import InputError
 from .modes import preserved_modes
 
@@ -90,7 +92,9 @@ def _support(flat: Tensor) -> tuple[str, np.ndarray]:
     return "bitmap", np.packbits(mask.astype(np.uint8))
 
 
-def _compress(tensor: Tensor, bits: int | None, qstate: Any, quantizer: str) -> dict[str, Any]:
+def _compress(
+    tensor: Tensor, bits: int | None, qstate: Any, quantizer: str, spec: Any = None
+) -> dict[str, Any]:
     flat = tensor.detach().reshape(-1)
     kind, support = _support(flat)
     values = flat[flat != 0]
@@ -116,22 +120,48 @@ def _compress(tensor: Tensor, bits: int | None, qstate: Any, quantizer: str) -> 
             )
         entry.update(codes=_pack_bits(idx.numpy(), bits), codebook=nonzero_book.numpy(), bits=bits)
         return entry
-    raise InputError("compact export of integer-grid tensors: export after INC conversion instead.")
+    return _compress_grid(entry, tensor, flat, bits, qstate, spec)
+
+
+def _compress_grid(
+    entry: dict[str, Any], tensor: Tensor, flat: Tensor, bits: int, qstate: Any, spec: Any
+) -> dict[str, Any]:
+    """Integer grid: b-bit codes (offset to unsigned) of the non-zeros + per-block scales/zeros."""
+    scale, zero = element_grid(tensor.shape, spec, qstate)
+    nonzero = (flat != 0).cpu()
+    values = flat.detach().float().cpu()[nonzero]
+    codes = grid_codes(values, scale[nonzero], zero[nonzero], spec)
+    if not torch.equal(grid_values(codes, scale[nonzero], zero[nonzero]), values):
+        raise InputError("a compressed tensor holds values off its integer grid; finalize() first.")
+    qmin = spec.code_range[0]
+    entry.update(
+        codes=_pack_bits((codes - qmin).to(torch.int64).numpy(), bits),
+        grid_scale=torch.cat([s.float().cpu() for s, _ in qstate]).numpy(),
+        grid_zero=torch.cat([z.float().cpu() for _, z in qstate]).numpy(),
+        grid_blocks=[int(s.numel()) for s, _ in qstate],
+        grid=dict(asdict(spec)),
+        bits=bits,
+    )
+    return entry
 
 
 def storage_bits(entry: dict[str, Any]) -> tuple[int, int, int]:
     """(code bits, index bits, quantization-set bits) of one compressed entry."""
     index_bits = entry["support"].size * (8 if entry["support_kind"] == "bitmap" else 32)
-    if "codes" in entry:
+    if "codebook" in entry:
         return entry["codes"].size * 8, index_bits, entry["codebook"].size * 32
+    if "grid_scale" in entry:
+        sets = (entry["grid_scale"].size + entry["grid_zero"].size) * 32
+        return entry["codes"].size * 8, index_bits, sets
     return entry["values"].size * 32, index_bits, 0
 
 
 def _entries(atmc: Any) -> tuple[dict[str, dict[str, Any]], dict[str, Tensor]]:
     bits = atmc.config.constraint.bits
     quantizer = atmc.config.constraint.quantizer
+    spec = getattr(atmc.projection, "grid", None)
     compressed = {
-        name: _compress(p, bits, atmc.qstates.get(name), quantizer)
+        name: _compress(p, bits, atmc.qstates.get(name), quantizer, spec)
         for name, p in atmc.parameters().items()
     }
     rest = {k: v for k, v in atmc.module.state_dict().items() if k not in compressed}
@@ -163,10 +193,15 @@ def save_compact(path: str | Path, model: nn.Module, atmc: Any) -> StorageReport
     for name, entry in compressed.items():
         arrays[f"{name}::support"] = entry["support"]
         meta = {key: entry[key] for key in ("support_kind", "numel", "shape", "nnz")}
-        if "codes" in entry:
+        if "codebook" in entry:
             arrays[f"{name}::codes"] = entry["codes"]
             arrays[f"{name}::codebook"] = entry["codebook"]
             meta["bits"] = entry["bits"]
+        elif "grid_scale" in entry:
+            arrays[f"{name}::codes"] = entry["codes"]
+            arrays[f"{name}::grid_scale"] = entry["grid_scale"]
+            arrays[f"{name}::grid_zero"] = entry["grid_zero"]
+            meta.update(bits=entry["bits"], grid=entry["grid"], grid_blocks=entry["grid_blocks"])
         else:
             arrays[f"{name}::values"] = entry["values"]
         layout[name] = meta
@@ -194,9 +229,11 @@ def load_compact(path: str | Path) -> dict[str, Tensor]:
             positions = support.astype(np.int64)
         else:
             positions = np.flatnonzero(np.unpackbits(support)[:numel])
-        if f"{name}::codes" in arrays:
+        if f"{name}::codebook" in arrays:
             idx = _unpack_bits(arrays[f"{name}::codes"], info["bits"], nnz)
             values = arrays[f"{name}::codebook"][idx]
+        elif f"{name}::grid_scale" in arrays:
+            values = _grid_values(info, arrays, name, positions)
         else:
             values = arrays[f"{name}::values"]
         flat = np.zeros(numel, dtype=np.float32)
@@ -206,6 +243,24 @@ def load_compact(path: str | Path) -> dict[str, Tensor]:
         if "::" not in key:
             state[key] = torch.from_numpy(np.ascontiguousarray(array))
     return state
+
+
+def _grid_values(
+    info: dict[str, Any], arrays: dict[str, np.ndarray], name: str, positions: np.ndarray
+) -> np.ndarray:
+    spec = GridSpec(**info["grid"])
+    bounds = np.cumsum([0, *info["grid_blocks"]])
+    scales, zeros = arrays[f"{name}::grid_scale"], arrays[f"{name}::grid_zero"]
+    params = [
+        (torch.from_numpy(scales[a:b].copy()), torch.from_numpy(zeros[a:b].copy()))
+        for a, b in itertools.pairwise(bounds)
+    ]
+    scale, zero = element_grid(tuple(info["shape"]), spec, params)
+    codes = _unpack_bits(arrays[f"{name}::codes"], info["bits"], info["nnz"]).astype(np.int64)
+    index = torch.from_numpy(positions)
+    code_values = torch.from_numpy(codes + spec.code_range[0]).float()
+    values: np.ndarray = grid_values(code_values, scale[index], zero[index]).numpy()
+    return values
 
 
 def layer_costs(model: nn.Module, example_inputs: Tensor) -> dict[str, dict[str, int]]:

@@ -203,7 +203,7 @@ def _size(trainer: Trainer, run: RunDir, dense: nn.Module) -> dict[str, Any]:
         out["size_ratio"] = getattr(report, "elementwise", report).size_ratio
         try:
             storage = save_compact(run.root / "model.safetensors", model, atmc)
-        except InputError as exc:  # integer grids: the INC int8 graph holds the codes instead
+        except InputError as exc:  # values off their quantization set: nothing to export
             log.info("no compact export: %s", exc)
         else:
             out["storage"] = {

@@ -221,7 +221,8 @@ def test_inc_recipe_ships_int8_and_evaluates_it(tmp_path: Path) -> None:
     assert main(["run", str(RECIPES / "tiny_inc.toml"), "--out", str(out), "--no-progress"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["int8"] is True
-    assert "storage" not in results["size"]  # int8 codes live in INC's graph
+    storage = results["size"]["storage"]  # int8 codes + per-channel scales, compact file
+    assert storage["total_bytes"] <= results["size"]["compact_file_bytes"]
     shutil.rmtree(out / "checkpoints")
     assert main(["report", str(out)]) == 0
 

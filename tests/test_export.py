@@ -8,13 +8,20 @@ from atmc_plugin import ATMC, ADMMConfig, ATMCConfig, AttackConfig, ConstraintCo
 from atmc_plugin.export import load_compact, save_compact, storage_report
 from atmc_plugin.models import DigitsCNN
 
+GRIDS = {
+    "codebook": {},
+    "pt2e": {"quantizer": "int", "granularity": "channel", "scale_rule": "pt2e"},
+    "rtn-group": {"quantizer": "int", "granularity": "group", "group_size": 7},
+    "asym-tensor": {"quantizer": "int", "symmetric": False},
+}
 
-def _compressed(density: float | None, bits: int | None):
+
+def _compressed(density: float | None, bits: int | None, grid: str = "codebook"):
     torch.manual_seed(0)
     model = DigitsCNN(width=16)
     cfg = ATMCConfig(
         attack=AttackConfig(eps=0.1, steps=1),
-        constraint=ConstraintConfig(density=density, bits=bits),
+        constraint=ConstraintConfig(density=density, bits=bits, **GRIDS[grid]),
         admm=ADMMConfig(interval=2),
     )
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -31,9 +38,20 @@ def _compressed(density: float | None, bits: int | None):
     return model, atmc
 
 
-@pytest.mark.parametrize(("density", "bits"), [(0.02, 4), (0.3, 8), (0.05, None), (None, 2)])
-def test_compact_round_trip_and_size(tmp_path, density, bits) -> None:
-    model, atmc = _compressed(density, bits)
+@pytest.mark.parametrize(
+    ("density", "bits", "grid"),
+    [
+        (0.02, 4, "codebook"),
+        (0.3, 8, "codebook"),
+        (0.05, None, "codebook"),
+        (None, 2, "codebook"),
+        (0.1, 8, "pt2e"),
+        (0.2, 4, "rtn-group"),
+        (None, 3, "asym-tensor"),
+    ],
+)
+def test_compact_round_trip_and_size(tmp_path, density, bits, grid) -> None:
+    model, atmc = _compressed(density, bits, grid)
     path = tmp_path / "model.safetensors"
     report = save_compact(path, model, atmc)
     fresh = DigitsCNN(width=16)

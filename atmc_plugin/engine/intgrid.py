@@ -18,6 +18,7 @@ An exact zero always maps to an exact zero, so sparsity survives quantization.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -123,3 +124,35 @@ def snap_to_grid(
     z = zero.unsqueeze(1)
     scaled = rows * (1.0 / s) if reciprocal else rows / s
     return (torch.clamp(torch.round(scaled) + z, qmin, qmax) - z) * s
+
+
+def element_grid(
+    shape: torch.Size | tuple[int, ...], spec: GridSpec, params: list[tuple[Tensor, Tensor]]
+) -> tuple[Tensor, Tensor]:
+    """Per-element scale and zero point (flattened) of a tensor of ``shape`` on a grid.
+
+    Codes and values then convert elementwise with exactly :func:`snap_to_grid`'s arithmetic.
+    """
+    numel = math.prod(shape)
+    positions = torch.arange(numel, dtype=torch.float64).reshape(shape)
+    blocks, _ = _blocks(positions, spec)
+    if len(blocks) != len(params):
+        raise ValueError(f"expected {len(blocks)} scale blocks, got {len(params)}")
+    scale = torch.empty(numel, dtype=params[0][0].dtype)
+    zero = torch.empty(numel, dtype=params[0][1].dtype)
+    for block, (s, z) in zip(blocks, params, strict=True):
+        index = block.long()
+        scale[index.reshape(-1)] = s.cpu().unsqueeze(1).expand_as(index).reshape(-1)
+        zero[index.reshape(-1)] = z.cpu().unsqueeze(1).expand_as(index).reshape(-1)
+    return scale, zero
+
+
+def grid_codes(values: Tensor, scale: Tensor, zero: Tensor, spec: GridSpec) -> Tensor:
+    """Integer codes of values already on the grid (elementwise scale / zero point)."""
+    scaled = values * (1.0 / scale) if spec.scale_rule == "pt2e" else values / scale
+    return torch.round(scaled) + zero
+
+
+def grid_values(codes: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
+    """Values of integer ``codes``: ``(code - zero) * scale`` (as :func:`snap_to_grid`)."""
+    return (codes - zero) * scale
