@@ -103,7 +103,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     recipe, data, _model, shipped = load_final(args.checkpoint, device)
     if args.eps is not None:
         recipe = dataclasses.replace(recipe, eps=args.eps)
-    out = evaluate_pair(recipe, data, {"compressed": shipped}, args.preset, device)
+    progress = sys.stderr.isatty()
+    out = evaluate_pair(recipe, data, {"compressed": shipped}, args.preset, device, progress)
     _say(json.dumps(out["compressed"], indent=1))
     return 0
 

@@ -234,7 +234,12 @@ def _merged(model: nn.Module) -> nn.Module:
 
 
 def evaluate_pair(
-    recipe: Recipe, data: Data, models: dict[str, nn.Module], preset: str, device: torch.device
+    recipe: Recipe,
+    data: Data,
+    models: dict[str, nn.Module],
+    preset: str,
+    device: torch.device,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Honest evaluation (:func:`atmc_plugin.evaluate`) of each model on the test split."""
     from .robustness import evaluate
@@ -243,7 +248,7 @@ def evaluate_pair(
     x, y = data.x_test[:n].to(device), data.y_test[:n].to(device)
     out = {}
     for name, model in models.items():
-        report = evaluate(model, (x, y), eps=recipe.eps, preset=preset, progress=False)
+        report = evaluate(model, (x, y), eps=recipe.eps, preset=preset, progress=progress)
         log.info("%s: %s", name, report)
         out[name] = report.to_dict()
     return out
@@ -264,7 +269,7 @@ def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any
         "recipe": recipe.name,
         "train_seconds": train_seconds,
         "int8": shipped is not _plain(trainer.model),
-        "evaluation": evaluate_pair(recipe, data, models, recipe.preset, dev),
+        "evaluation": evaluate_pair(recipe, data, models, recipe.preset, dev, trainer.progress),
         "size": _size(trainer, run, dense),
     }
     batch = data.x_test[: recipe.latency_batch].to(dev)
