@@ -119,15 +119,14 @@ def ship(recipe: Recipe, model: nn.Module, data: Data) -> nn.Module:
 
     device = next(model.parameters()).device
     calib = train_batches(data.x_train[:512].to(device), data.y_train[:512].to(device), 128)
-    with torch.random.fork_rng():
-        torch.manual_seed(recipe.seed)
-        return quantize_static_int8(
-            model,
-            data.example.to(device),
-            calib,
-            attack=recipe.atmc.attack,
-            config=inc_configs(recipe)["static"],
-        )
+    return quantize_static_int8(
+        model,
+        data.example.to(device),
+        calib,
+        attack=recipe.atmc.attack,
+        config=inc_configs(recipe)["static"],
+        seed=recipe.seed,
+    )
 
 
 def load_final(path: Path, device: torch.device) -> tuple[Recipe, Data, nn.Module, nn.Module]:

@@ -216,11 +216,17 @@ def test_module_entry_point_help() -> None:
     assert "atmc run examples/recipes/digits_tp_inc.toml" in done.stdout
 
 
-def test_inc_recipe_ships_int8_and_evaluates_it(tmp_path: Path) -> None:
+def test_inc_recipe_ships_int8_and_evaluates_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "inc"
     assert main(["run", str(RECIPES / "tiny_inc.toml"), "--out", str(out), "--no-progress"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["int8"] is True
+    capsys.readouterr()
+    assert main(["eval", str(out / "final.pt"), "--device", "cpu"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)  # the int8 model is rebuilt identically
+    assert evaluated["clean"] == results["evaluation"]["compressed"]["clean"]
     storage = results["size"]["storage"]  # int8 codes + per-channel scales, compact file
     assert storage["total_bytes"] <= results["size"]["compact_file_bytes"]
     shutil.rmtree(out / "checkpoints")

@@ -38,6 +38,7 @@ def quantize_static_int8(
     attack: AttackConfig | None = None,
     adversarial_fraction: float = 0.5,
     config: Any = None,
+    seed: int | None = None,
 ) -> fx.GraphModule:
     """INC static int8 of ``model`` (left unchanged), calibrated on ``calibration`` batches.
 
@@ -48,6 +49,9 @@ def quantize_static_int8(
         of its examples, adversarially (attack on an fp32 copy).
     :param config: INC's ``StaticQuantConfig`` (default: INC's defaults); see
         :func:`static_config_from_dict` for the validated dict form.
+    :param seed: seed of the adversarial calibration's random starts, set after INC's export
+        and prepare (which may draw from the global RNG on first use), so the same call gives
+        the same int8 model in any process; the global RNG is left as it was.
     :raises InputError: the model cannot be exported (dynamic control flow, unsupported ops).
     """
     from neural_compressor.torch.export import export
@@ -74,7 +78,9 @@ def quantize_static_int8(
     quant_config = config if config is not None else StaticQuantConfig()
     prepared = prepare(exported, quant_config, example_inputs=(example_inputs,))
     adversary = Adversary(fp32, attack, get_plugin_manager()) if attack is not None else None
-    with torch.no_grad():
+    with torch.random.fork_rng(enabled=seed is not None), torch.no_grad():
+        if seed is not None:
+            torch.manual_seed(seed)
         for x, y in calibration:
             prepared(x)
             if adversary is not None and adversarial_fraction > 0:
