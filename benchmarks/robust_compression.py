@@ -578,7 +578,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5), sharex=True)
+    colors = [plt.get_cmap("tab20")(k) for k in range(20)]
     da = next(r for r in rows if r["method"] == "DA")
     for ax, key, title in ((axes[0], "clean", "clean accuracy"), (axes[1], "pgd20", "PGD-20")):
         ax.axhline(da[key], color="black", linestyle=":", label="DA (dense)")
@@ -594,8 +595,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                 xs,
                 ys,
                 yerr=es,
-                fmt=f"o{style}",
-                color=f"C{i}",
+                fmt=f"{'os^Dv'[i % 5]}{style}",
+                color=colors[(2 * i) % 20 if i < 10 else 2 * (i - 10) + 1],
                 label=method,
                 markersize=4,
                 capsize=2,
@@ -605,7 +606,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel(f"{title} (eps {EPS})" if key == "pgd20" else title)
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -624,7 +625,13 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny schedule, results to /tmp")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--methods", nargs="+", choices=METHODS, help="run only these methods")
+    p.add_argument("--replot", action="store_true", help="redraw .md/.png from the .json")
     args = p.parse_args()
+    if args.replot:
+        saved = json.loads((args.out / "robust_compression.json").read_text())
+        (args.out / "robust_compression.md").write_text(markdown(saved["rows"], saved["meta"]))
+        plot(saved["rows"], args.out / "robust_compression.png")
+        return
     if args.smoke:
         args.seeds, args.pretrain_epochs, args.epochs, args.finetune = 1, 1, 2, 1
         args.out = Path("/tmp/atmc-robust-compression-smoke")
