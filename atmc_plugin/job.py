@@ -75,7 +75,7 @@ def _run(
     trainer = Trainer(recipe, data, model, dev, run if ctx.is_writer else None, progress, ctx)
     started = time.perf_counter()
     trainer.run(checkpoint)
-    ctx.check_identical(model)
+    ctx.check_identical(trainer.model)
     if not ctx.is_writer:
         return {}
     results = finish(trainer, run, time.perf_counter() - started)
@@ -211,7 +211,8 @@ def _size(trainer: Trainer, run: RunDir, dense: nn.Module) -> dict[str, Any]:
             }
             out["compact_file_bytes"] = (run.root / "model.safetensors").stat().st_size
     dense_costs = layer_costs(dense, trainer.data.example[:1].to(trainer.device))
-    costs = layer_costs(_merged(model), trainer.data.example[:1].to(trainer.device))
+    merged = _merged(model, trainer.recipe, trainer.data)
+    costs = layer_costs(merged, trainer.data.example[:1].to(trainer.device))
     out["params"] = sum(p.numel() for p in model.parameters())
     out["macs"] = sum(c["macs"] for c in costs.values())
     out["dense_params"] = sum(p.numel() for p in dense.parameters())
@@ -219,17 +220,19 @@ def _size(trainer: Trainer, run: RunDir, dense: nn.Module) -> dict[str, Any]:
     return out
 
 
-def _merged(model: nn.Module) -> nn.Module:
-    """A copy with factorized weights merged (what a deployment computes)."""
-    import copy
-
+def _merged(model: nn.Module, recipe: Recipe, data: Data) -> nn.Module:
+    """The deployed form of ``model``: factorized weights merged into one tensor per layer."""
     from torch.nn.utils import parametrize
 
-    merged = copy.deepcopy(_plain(model))
-    for module in merged.modules():
-        if parametrize.is_parametrized(module, "weight"):
-            parametrize.remove_parametrizations(module, "weight")
-    return merged
+    from .engine.factorize import merged_state_dict
+
+    plain = _plain(model)
+    if not any(parametrize.is_parametrized(m) for m in plain.modules()):
+        return plain
+    device = next(plain.parameters()).device
+    merged = build_model(recipe, data).to(device)  # factorized models are never pruned
+    merged.load_state_dict(merged_state_dict(plain))
+    return merged.eval()
 
 
 def evaluate_pair(

@@ -260,7 +260,9 @@ class Trainer:
         return {
             "loss": loss_sum / max(1, total),
             "train_acc": correct / max(1, total),
-            "train_adv_acc": adv_correct / max(1, total) if adv_correct or self.perturb else None,
+            "train_adv_acc": (
+                adv_correct / max(1, total) if self.recipe.atmc.attack is not None else None
+            ),
         }
 
     def _diverged(self, stage: str, epoch: int, step: int, what: str) -> DivergedError:

@@ -416,19 +416,17 @@ def compress(
 
 
 def merge_factors(model: nn.Module) -> nn.Module:
-    """A copy with factorized weights merged back into one tensor per layer (as deployed)."""
-    from torch.nn.utils import parametrize
+    """A fresh copy with factorized weights merged into one tensor per layer (as deployed)."""
+    from atmc_plugin.engine.factorize import merged_state_dict
 
-    merged = copy.deepcopy(model)
-    for module in merged.modules():
-        if parametrize.is_parametrized(module, "weight"):
-            parametrize.remove_parametrizations(module, "weight")
+    merged = DigitsCNN(width=32)
+    merged.load_state_dict(merged_state_dict(model))
     return merged
 
 
 def deployed_macs(model: nn.Module, example: Tensor) -> int:
-    """MACs of the model as deployed (factorized weights merged)."""
-    return sum(c["macs"] for c in layer_costs(merge_factors(model), example).values())
+    """MACs of the model as deployed (``compress`` returns factorized models merged)."""
+    return sum(c["macs"] for c in layer_costs(model, example).values())
 
 
 def pretrain(setup: Setup, epochs: int, seed: int) -> dict[str, nn.Module]:

@@ -59,3 +59,23 @@ def test_factorization_both_orientations() -> None:
         assert sparse.shape == (out, fan_in) and not sparse.any()
         module(x).sum().backward()
         assert left.grad is not None and sparse.grad is not None
+
+
+def test_merged_state_dict_gives_the_deployed_model_and_leaves_the_original_working() -> None:
+    from atmc_plugin.engine.factorize import factorize, merged_state_dict
+    from atmc_plugin.models import DigitsCNN
+
+    torch.manual_seed(0)
+    model = DigitsCNN(width=4)
+    for module in (model.features[0], model.features[3], model.fc):
+        factorize(module)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.eval()
+    x = torch.rand(3, 1, 8, 8)
+    plain = DigitsCNN(width=4).eval()
+    plain.load_state_dict(merged_state_dict(model))  # strict: exactly the plain keys
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), model(x), rtol=1e-5, atol=1e-6)
+        model(x)  # the factorized original still works

@@ -262,3 +262,27 @@ def test_torchrun_two_processes_gloo_only_rank0_writes(tmp_path: Path) -> None:
     records = RunDir(out).read_metrics()
     assert len([r for r in records if r["kind"] == "epoch"]) == 7  # one writer, not two
     assert (out / "results.json").is_file()
+
+
+def test_plain_atmc_mlp_without_attack_and_factorized(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = tmp_path / "mlp.toml"
+    recipe.write_text(
+        "[data]\ntrain_limit = 256\ntest_limit = 60\n"
+        "[model]\nname = 'mlp'\nhidden = [32]\n"
+        "[train]\npretrain_epochs = 1\ncompress_epochs = 2\nfinetune_epochs = 1\n"
+        "[atmc]\nattack = false\n"
+        "[atmc.constraint]\ndensity = 0.3\nbits = 4\nfactorize = true\n"
+        "[eval]\neps = 0.1\nlatency_batch = 8\n"
+    )
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out), "--no-progress"]) == 0
+    records = [r for r in RunDir(out).read_metrics() if r["kind"] == "epoch"]
+    assert all(r["train_adv_acc"] is None for r in records)
+    results = json.loads((out / "results.json").read_text())
+    assert results["size"]["size_ratio"] <= 0.3 * 4 / 32 + 1e-9
+    capsys.readouterr()
+    assert main(["eval", str(out / "final.pt"), "--device", "cpu"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)  # the factorization is rebuilt on load
+    assert evaluated["clean"] == results["evaluation"]["compressed"]["clean"]

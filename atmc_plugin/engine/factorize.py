@@ -78,3 +78,23 @@ def is_factorized(module: nn.Module, name: str = "weight") -> bool:
 
 def _parametrizations(module: nn.Module) -> Any:
     return getattr(module, "parametrizations")  # noqa: B009 - typed as Any on purpose
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The state dict of ``model`` with every parametrized tensor evaluated (``W = U V + C``)
+    under its plain name and the factor tensors dropped: load it into a fresh, unfactorized
+    instance to get the deployed model.
+
+    (Do not ``deepcopy`` a parametrized model and call ``remove_parametrizations`` on the copy:
+    the copy shares the generated module class with the original, and removal deletes the
+    ``weight`` property from that shared class, breaking the original model.)
+    """
+    state = {k: v for k, v in model.state_dict().items() if "parametrizations." not in k}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not parametrize.is_parametrized(module):
+                continue
+            prefix = f"{name}." if name else ""
+            for tensor_name in _parametrizations(module):
+                state[prefix + tensor_name] = getattr(module, tensor_name).detach().clone()
+    return state
