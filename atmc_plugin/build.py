@@ -31,9 +31,8 @@ class Data:
         return self.x_train[:8]
 
 
-def resolve_device(recipe: Recipe, override: str | None = None) -> torch.device:
+def resolve_device(choice: str) -> torch.device:
     """``auto`` picks CUDA when available; ``cuda`` without CUDA is an error."""
-    choice = override or recipe.device
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if choice == "cuda" and not torch.cuda.is_available():

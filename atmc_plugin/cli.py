@@ -14,8 +14,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from .errors import ATMCError, ConfigError, InputError, PluginError
 
 log = logging.getLogger("atmc_plugin.cli")
@@ -97,9 +95,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from .build import resolve_device
     from .job import evaluate_pair, load_final
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     recipe, data, _model, shipped = load_final(args.checkpoint, device)
     if args.eps is not None:
         recipe = dataclasses.replace(recipe, eps=args.eps)
@@ -107,14 +106,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     out = evaluate_pair(recipe, data, {"compressed": shipped}, args.preset, device, progress)
     _say(json.dumps(out["compressed"], indent=1))
     return 0
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: torch sees no CUDA device; use --device cpu or auto.")
-    return torch.device(name)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -11,11 +11,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .adversary import unwrap_model
 from .build import Data, build_model, check_recipe, resolve_device
-from .errors import InputError
+from .errors import ATMCError, InputError
 from .modes import preserved_modes
 from .recipe import Recipe
-from .rundir import RunDir, load_checkpoint
+from .rundir import RunDir, load_checkpoint, read_tagged
 from .runner import Trainer, train_batches
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def run_recipe(
     """
     from . import distributed
 
-    dev = distributed.local_device(resolve_device(recipe, device))
+    dev = distributed.local_device(resolve_device(device or recipe.device))
     ctx = distributed.context(dev)
     try:
         return _run(recipe, out, dev, ctx, resume, progress)
@@ -52,8 +53,6 @@ def _run(
     resume: bool,
     progress: bool,
 ) -> dict[str, Any]:
-    from .errors import ATMCError
-
     failure: Exception | None = None
     checkpoint: dict[str, Any] | None = None
     try:
@@ -139,18 +138,7 @@ def load_final(path: Path, device: torch.device) -> tuple[Recipe, Data, nn.Modul
     from .core import ATMC
     from .recipe import recipe_from_dict
 
-    try:
-        payload = torch.load(path, weights_only=True, map_location="cpu")
-    except FileNotFoundError as exc:
-        raise InputError(f"checkpoint {str(path)!r} does not exist.") from exc
-    except Exception as exc:  # corrupt or pickled files raise many types
-        raise InputError(
-            f"{str(path)!r} is not a readable weights-only checkpoint ({type(exc).__name__})."
-        ) from exc
-    if not isinstance(payload, dict) or payload.get("format") != FINAL_FORMAT:
-        raise InputError(
-            f"{str(path)!r} is not the final.pt of an `atmc run` (format {FINAL_FORMAT!r})."
-        )
+    payload = read_tagged(path, FINAL_FORMAT)
     recipe = recipe_from_dict(payload["recipe"], Path(payload["recipe_path"]))
     data = load_data(recipe)
     torch.manual_seed(recipe.seed)
@@ -166,11 +154,6 @@ def load_final(path: Path, device: torch.device) -> tuple[Recipe, Data, nn.Modul
     model.load_state_dict(payload["model"])
     model.eval()
     return recipe, data, model, ship(recipe, model, data)
-
-
-def _plain(model: nn.Module) -> nn.Module:
-    inner = getattr(model, "module", None)
-    return inner if isinstance(inner, nn.Module) else model
 
 
 def latency(model: nn.Module, batch: Tensor, repeats: int = 30) -> float:
@@ -192,7 +175,7 @@ def _size(trainer: Trainer, run: RunDir, dense: nn.Module) -> dict[str, Any]:
     """Paper-convention size ratio, storage-honest bytes (and the compact file), params, MACs."""
     from .export import layer_costs, save_compact
 
-    model = _plain(trainer.model)
+    model = unwrap_model(trainer.model)
     dense_bytes = sum(t.numel() * t.element_size() for t in dense.state_dict().values())
     out: dict[str, Any] = {"dense_state_bytes": dense_bytes}
     atmc = trainer.atmc
@@ -226,7 +209,7 @@ def _merged(model: nn.Module, recipe: Recipe, data: Data) -> nn.Module:
 
     from .engine.factorize import merged_state_dict
 
-    plain = _plain(model)
+    plain = unwrap_model(model)
     if not any(parametrize.is_parametrized(m) for m in plain.modules()):
         return plain
     device = next(plain.parameters()).device
@@ -261,8 +244,8 @@ def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any
     from .io import save_atomically
 
     recipe, data, dev = trainer.recipe, trainer.data, trainer.device
-    _plain(trainer.model).eval()
-    shipped = ship(recipe, _plain(trainer.model), data)
+    unwrap_model(trainer.model).eval()
+    shipped = ship(recipe, unwrap_model(trainer.model), data)
     dense = build_model(recipe, data).to(dev)
     dense.load_state_dict(load_checkpoint(run.dense, recipe)["model"])
     dense.eval()
@@ -270,7 +253,7 @@ def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any
     results: dict[str, Any] = {
         "recipe": recipe.name,
         "train_seconds": train_seconds,
-        "int8": shipped is not _plain(trainer.model),
+        "int8": shipped is not unwrap_model(trainer.model),
         "evaluation": evaluate_pair(recipe, data, models, recipe.preset, dev, trainer.progress),
         "size": _size(trainer, run, dense),
     }
@@ -282,7 +265,7 @@ def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any
         "recipe": recipe.raw,
         "recipe_path": str(recipe.path.resolve()),
         "recipe_digest": recipe.digest,
-        "model": _plain(trainer.model).state_dict(),
+        "model": unwrap_model(trainer.model).state_dict(),
         "pruner": trainer.pruner.state_dict() if trainer.pruner is not None else None,
         "atmc": trainer.atmc.state_dict() if trainer.atmc is not None else None,
     }

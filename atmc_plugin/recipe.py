@@ -27,7 +27,7 @@ import json
 import math
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,16 @@ class Recipe:
     eps: float
     eval_limit: int | None
     latency_batch: int
-    stages: tuple[tuple[str, int], ...] = field(default=())
+
+    @property
+    def stages(self) -> tuple[tuple[str, int], ...]:
+        """``(name, epochs)`` of the pretrain, compress and finetune stages."""
+        t = self.train
+        return (
+            ("pretrain", t.pretrain_epochs),
+            ("compress", t.compress_epochs),
+            ("finetune", t.finetune_epochs),
+        )
 
     @property
     def digest(self) -> str:
@@ -229,11 +238,6 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         eps=ev.number("eps", default_eps, low=1e-12),
         eval_limit=ev.integer("limit", None, low=1),
         latency_batch=ev.integer("latency_batch", 256, low=1),
-        stages=(
-            ("pretrain", spec.pretrain_epochs),
-            ("compress", spec.compress_epochs),
-            ("finetune", spec.finetune_epochs),
-        ),
     )
 
 

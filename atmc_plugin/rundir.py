@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from .errors import ATMCError, InputError
-from .io import save_atomically
+from .io import save_atomically, write_text_atomically
 from .recipe import Recipe, RecipeError
 
 CHECKPOINT_FORMAT = "atmc-run-checkpoint"
@@ -95,15 +95,10 @@ class RunDir:
     def truncate_metrics(self, count: int) -> None:
         """Keep the first ``count`` records (those covered by the checkpoint being resumed)."""
         kept = self.read_metrics()[:count]
-        text = "".join(json.dumps(r) + "\n" for r in kept)
-        tmp = self.metrics.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, self.metrics)
+        write_text_atomically("".join(json.dumps(r) + "\n" for r in kept), self.metrics)
 
     def write_json(self, path: Path, data: Any) -> None:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomically(json.dumps(data, indent=1, default=str) + "\n", path)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, path: Path, state: dict[str, Any], recipe: Recipe) -> None:
@@ -116,11 +111,10 @@ class RunDir:
         save_atomically(payload, path)
 
 
-def load_checkpoint(path: Path, recipe: Recipe | None = None) -> dict[str, Any]:
-    """Read a run checkpoint with ``weights_only=True`` and check it belongs to ``recipe``.
+def read_tagged(path: Path, fmt: str) -> dict[str, Any]:
+    """Read ``path`` with ``torch.load(weights_only=True)`` and check its ``format`` tag.
 
-    :raises InputError: unreadable, corrupt or foreign file, or one from another recipe (the
-        file is left as it is).
+    :raises InputError: missing, corrupt, pickled or foreign file (it is left as it is).
     """
     try:
         payload = torch.load(path, weights_only=True, map_location="cpu")
@@ -132,11 +126,20 @@ def load_checkpoint(path: Path, recipe: Recipe | None = None) -> dict[str, Any]:
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); it was not modified. "
             "Delete it to start over, or resume from a copy."
         ) from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise InputError(
-            f"{str(path)!r} is not an atmc run checkpoint (no {CHECKPOINT_FORMAT!r} format tag); "
-            "it was not modified."
+            f"{str(path)!r} is not an atmc {fmt!r} file (no such format tag); it was not modified."
         )
+    return payload
+
+
+def load_checkpoint(path: Path, recipe: Recipe | None = None) -> dict[str, Any]:
+    """Read a run checkpoint (:func:`read_tagged`) and check it belongs to ``recipe``.
+
+    :raises InputError: unreadable, corrupt or foreign file, or one from another recipe (the
+        file is left as it is).
+    """
+    payload = read_tagged(path, CHECKPOINT_FORMAT)
     if payload.get("version") != CHECKPOINT_VERSION:
         raise InputError(
             f"{str(path)!r} has checkpoint version {payload.get('version')!r}; this atmc-plugin "

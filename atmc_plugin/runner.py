@@ -161,18 +161,14 @@ class Trainer:
             dense = ATMC(self.model, ATMCConfig(attack=self.recipe.atmc.attack))
             self.perturb, self.penalty = dense.perturb, None
             self._optimizer("pretrain", epochs)
-        elif stage == "compress":
-            self._build_compress()
-            if restore is not None:
-                self._load_tools(restore)
         else:
-            if restore is not None:
+            if stage == "compress" or restore is not None:
+                # A finetune restart rebuilds the compress tools, then loads their frozen state.
                 self._build_compress()
-                self._load_tools(restore)
-            elif self.atmc is None:
-                self._build_compress()  # a recipe with compress_epochs = 0
-                self._finalize()
-            else:
+                if restore is not None:
+                    self._load_tools(restore)
+        if stage == "finetune":
+            if restore is None:
                 self._finalize()
             atmc = self._require_atmc()
             self._optimizer("finetune", epochs)

@@ -18,8 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import time
-from typing import Any
+from typing import Any, cast
 
 import torch
 from atmc_plugin_adapters.inc import ATMCQuantConfig, session_of
@@ -124,18 +123,13 @@ def latency(fp32: nn.Module, int8: nn.Module, batch: Tensor, repeats: int = 50) 
     """
     import torch._inductor.config as inductor_config
 
+    from atmc_plugin.job import latency as median_latency
+
     times = {}
     for name, model in (("fp32", fp32.eval()), ("int8", int8)):
-        compiled = torch.compile(model)
-        with torch.no_grad(), inductor_config.patch(freezing=True):
-            for _ in range(3):
-                compiled(batch)
-            samples = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                compiled(batch)
-                samples.append(time.perf_counter() - start)
-        times[name] = sorted(samples)[len(samples) // 2]
+        with inductor_config.patch(freezing=True):  # compilation happens in the warm-up calls
+            compiled = cast(nn.Module, torch.compile(model))
+            times[name] = median_latency(compiled, batch, repeats)
     return times
 
 
