@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import nn
 
+from .engine.allocation import ALLOCATIONS, SCHEDULES
 from .errors import ConfigError, did_you_mean
 
 if sys.version_info >= (3, 11):
@@ -181,6 +182,17 @@ class ConstraintConfig:
     :param scale_rule: integer grid only: ``"rtn"`` (INC weight-only: ``amax / (2**(b-1) - 1)``)
         or ``"pt2e"`` (PyTorch observers used by INC static int8: ``amax / ((2**b - 1) / 2)``).
     :param factorize: learn ``W = U V + C`` (low rank plus sparse, identity offset) per layer.
+    :param allocation: how the layers compete for the one global budget: ``"lamp"`` (default:
+        LAMP scores of the effective weights, comparable across layers), ``"effective"``
+        (magnitude of the weight with the following BatchNorm's ``gamma / sqrt(var + eps)``
+        folded in) or ``"magnitude"`` (raw ``|w|``, the paper's).
+    :param min_per_layer: guard: every compressed tensor keeps at least this many non-zeros
+        (its best-scored ones), counted against the budget; 0 turns the guard off.
+    :param schedule: how the budget reaches its target: ``"cubic"`` (from dense to the target
+        over ``ramp_steps`` optimizer steps, Zhu & Gupta 2017) or ``"constant"`` (the target
+        from the first step, the paper's).
+    :param ramp_steps: optimizer steps of the cubic anneal; about half of the compression stage
+        is a good choice. ``finalize()`` always projects onto the target.
     :param include: fnmatch patterns of module names to compress (default: all conv/linear).
     :param exclude: fnmatch patterns of module names to leave dense.
     :param layer_filter: optional ``filter(module, name) -> bool``; not serializable.
@@ -195,6 +207,10 @@ class ConstraintConfig:
     group_size: int | None = None
     scale_rule: str = "rtn"
     factorize: bool = False
+    allocation: str = "lamp"
+    min_per_layer: int = 4
+    schedule: str = "cubic"
+    ramp_steps: int = 200
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     layer_filter: LayerFilter | None = field(default=None, compare=False)
@@ -232,6 +248,12 @@ class ConstraintConfig:
                 s, "bits", 1, "a symmetric integer grid needs bits >= 2; use symmetric = false."
             )
         _set(self, "factorize", _bool(s, "factorize", self.factorize))
+        _set(self, "allocation", _choice(s, "allocation", self.allocation, ALLOCATIONS))
+        mpl = _number(s, "min_per_layer", self.min_per_layer, integer=True, low=0, high=2**31)
+        _set(self, "min_per_layer", mpl)
+        _set(self, "schedule", _choice(s, "schedule", self.schedule, SCHEDULES))
+        ramp = _number(s, "ramp_steps", self.ramp_steps, integer=True, low=0, high=2**31)
+        _set(self, "ramp_steps", ramp)
         for key in ("include", "exclude"):
             patterns = getattr(self, key)
             if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):

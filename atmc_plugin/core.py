@@ -23,9 +23,10 @@ from torch import Tensor, nn
 from .adversary import Adversary, unwrap_model
 from .config import ATMCConfig
 from .engine.admm import ADMMState
+from .engine.allocation import scheduled_budget
 from .engine.factorize import FACTOR_NAMES, factorize, is_factorized
 from .errors import ConfigError, InputError, PluginError
-from .layers import layer_weight, select_layers
+from .layers import following_norms, layer_weight, norm_scale, select_layers
 from .plugins import get_plugin_manager
 from .report import CompressionReport, build_report
 
@@ -82,7 +83,8 @@ class ATMC:
             if dense_numel is not None
             else sum(w.numel() for w in weights.values())
         )
-        self.budget = constraint.budget_for(self.dense_numel)
+        self.target_budget = constraint.budget_for(self.dense_numel)
+        self._budget_floor: int | None = None
         projection = self.plugin_manager.hook.atmc_build_projection(config=constraint)
         if projection is None:
             raise PluginError("no installed plugin builds a projection for this constraint.")
@@ -94,6 +96,11 @@ class ATMC:
         )
         # Validation is over: from here on the model may be changed.
         self.names = self._compressed_names(layers)
+        self._norms = (
+            following_norms(self.module, [n for n, _ in layers])
+            if constraint.allocation != "magnitude"
+            else {}
+        )
         self.step_count = 0
         self.frozen = False
         self.qstates: dict[str, Any] = {}
@@ -110,15 +117,54 @@ class ATMC:
     # -- setup -------------------------------------------------------------------------------
     def _compressed_names(self, layers: list[tuple[str, nn.Module]]) -> list[str]:
         names = []
+        self._rows_of: dict[str, str] = {}  # tensor name -> layer whose output rows it holds
         for name, module in layers:
             prefix = f"{name}." if name else ""
             if self.config.constraint.factorize:
                 if not is_factorized(module):
                     factorize(module)
-                names += [f"{prefix}parametrizations.weight.{n}" for n in FACTOR_NAMES]
+                factors = [f"{prefix}parametrizations.weight.{n}" for n in FACTOR_NAMES]
+                names += factors
+                # W = L (R + I) + C or (L + I) R + C: L and C always have output rows; R does
+                # only when the identity sits on the left.
+                weight = layer_weight(module)
+                right_identity = weight.shape[0] >= weight[0].numel()
+                for factor in factors[:: 2 if right_identity else 1]:
+                    self._rows_of[factor] = name
             else:
                 names.append(f"{prefix}weight")
+                self._rows_of[f"{prefix}weight"] = name
         return names
+
+    # -- the budget --------------------------------------------------------------------------
+    @property
+    def budget(self) -> int | None:
+        """The non-zero budget of the next projection (``None``: no sparsity constraint).
+
+        ``constraint.schedule = "cubic"`` anneals it from the dense count to
+        :attr:`target_budget` over ``constraint.ramp_steps`` optimizer steps; a floor set with
+        :meth:`set_budget_floor` holds it higher; after :meth:`finalize` it is the target.
+        """
+        target = self.target_budget
+        if target is None or self.frozen:
+            return target
+        c = self.config.constraint
+        budget = scheduled_budget(
+            target, self.dense_numel, self.step_count, c.ramp_steps, c.schedule
+        )
+        if self._budget_floor is not None:
+            budget = max(budget, min(self._budget_floor, self.dense_numel))
+        return budget
+
+    def set_budget_floor(self, floor: int | None) -> None:
+        """Keep the budget at ``floor`` or above (``None`` removes the floor).
+
+        For an outer schedule, such as the structural steps of a Torch-Pruning pruner, that
+        must not be overtaken by ATMC's own anneal. The target budget is unchanged.
+        """
+        if floor is not None and (isinstance(floor, bool) or not isinstance(floor, int)):
+            raise InputError(f"budget floor = {floor!r}: expected an integer or None.")
+        self._budget_floor = floor
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Run projections and ADMM updates after every ``optimizer.step()``.
@@ -196,22 +242,63 @@ class ATMC:
             )
 
     # -- projections -------------------------------------------------------------------------
-    def project_sparsity(self, params: Mapping[str, nn.Parameter] | None = None) -> dict[str, Any]:
-        """Global top-k projection of the compressed tensors, in place."""
+    def project_sparsity(
+        self, params: Mapping[str, nn.Parameter] | None = None, *, final: bool = False
+    ) -> dict[str, Any]:
+        """Global top-k projection of the compressed tensors, in place, onto the scheduled
+        :attr:`budget` (the target budget with ``final=True``)."""
         params = self.parameters() if params is None else params
-        if self.budget is None:
+        budget = self.target_budget if final else self.budget
+        if budget is None:
             return {}
-        masks, threshold = self.projection.sparsity_masks(list(params.values()), self.budget)
+        masks, threshold = self.projection.sparsity_masks(self._ranking(params), budget)
         with torch.no_grad():
             for p, m in zip(params.values(), masks, strict=True):
                 p.mul_(m)
         stats = {
-            "nnz": sum(int(torch.count_nonzero(m)) for m in masks),
-            "budget": self.budget,
+            "nnz": sum(int(torch.count_nonzero(p)) for p in params.values()),
+            "budget": budget,
             "threshold": threshold,
         }
         self.plugin_manager.hook.atmc_after_projection(atmc=self, step=self.step_count, stats=stats)
         return stats
+
+    def _ranking(self, params: Mapping[str, nn.Parameter]) -> list[Tensor]:
+        """What the projection ranks: the weights, with each output row scaled by the following
+        BatchNorm's ``|gamma| / sqrt(var + eps)`` unless ``allocation = "magnitude"``."""
+        scales = self._norm_scales()
+        out = []
+        for name, p in params.items():
+            tensor = p.detach()
+            scale = scales.get(self._rows_of.get(name, ""))
+            if scale is not None and scale.numel() == tensor.shape[0]:
+                shape = (-1,) + (1,) * (tensor.dim() - 1)
+                tensor = tensor * scale.to(tensor.device, tensor.dtype).view(shape)
+            out.append(tensor)
+        return out
+
+    def _norm_scales(self) -> dict[str, Tensor]:
+        """``{layer: |gamma| / sqrt(var + eps)}`` of the following norms, the same on every rank.
+
+        Under ``torch.distributed`` (a process group of more than one rank) each rank updates
+        its BatchNorm statistics from its own batch, so the scales are averaged over the ranks
+        with one all-reduce to keep the masks identical everywhere: every rank must then step
+        together, as data-parallel training does.
+        """
+        scales = {}
+        for layer, norm in self._norms.items():
+            scale = norm_scale(self.module.get_submodule(norm))
+            if scale is not None:
+                scales[layer] = scale
+        if scales and torch.distributed.is_available():
+            dist = torch.distributed
+            if dist.is_initialized() and dist.get_world_size() > 1:
+                flat = torch.cat(list(scales.values()))
+                dist.all_reduce(flat)
+                flat /= dist.get_world_size()
+                sizes = [s.numel() for s in scales.values()]
+                scales = dict(zip(scales, flat.split(sizes), strict=True))
+        return scales
 
     def _admm_projector(self, params: Mapping[str, nn.Parameter]) -> Any:
         """``Z``-projection: quantize onto the current support of ``W`` (joint feasibility)."""
@@ -235,7 +322,7 @@ class ATMC:
             _check_finite(name, p)
         c = self.config.constraint
         if c.sparse:
-            self.project_sparsity(params)
+            self.project_sparsity(params, final=True)
         with torch.no_grad():
             for name, p in params.items():
                 mask = p != 0 if c.sparse else None
@@ -259,7 +346,7 @@ class ATMC:
     def report(self) -> CompressionReport:
         """Non-zeros, distinct values, bits and size ratio of the compressed tensors now."""
         return build_report(
-            self.parameters(), self.config.constraint.bits, self.dense_numel, self.budget
+            self.parameters(), self.config.constraint.bits, self.dense_numel, self.target_budget
         )
 
     def reset(self, name: str) -> None:
@@ -310,7 +397,8 @@ class ATMC:
             "version": STATE_VERSION,
             "names": list(self.names),
             "step": self.step_count,
-            "budget": self.budget,
+            "budget": self.target_budget,
+            "budget_floor": self._budget_floor,
             "dense_numel": self.dense_numel,
             "frozen": self.frozen,
             "admm": self.admm.state_dict(),
@@ -331,7 +419,8 @@ class ATMC:
             )
         self.admm.load_state_dict(state["admm"])
         self.step_count = int(state["step"])
-        self.budget = state["budget"]
+        self.target_budget = state["budget"]
+        self._budget_floor = state.get("budget_floor")
         self.dense_numel = int(state["dense_numel"])
         self.frozen = bool(state["frozen"])
         self.qstates = dict(state["qstates"])

@@ -3,6 +3,10 @@
 A projection knows two operations that ATMC composes:
 
 - ``sparsity_masks(tensors, budget)``: one global top-``budget`` selection over all tensors;
+  ATMC hands it the *ranking* tensors: with ``constraint.allocation`` other than
+  ``"magnitude"`` these are the effective weights (each output row scaled by the following
+  BatchNorm's ``|gamma| / sqrt(var + eps)``), so the masks may differ from a ranking of the raw
+  weights, and the returned threshold is in the projection's own score units;
 - ``quantize(name, tensor, mask)``: project one tensor onto its quantization set, zero outside
   ``mask``, and return the set (codebook or grid) so it can be frozen for fine-tuning;
   ``snap(tensor, qstate)`` projects onto a frozen set.
@@ -16,9 +20,9 @@ from typing import Any, Protocol, runtime_checkable
 from torch import Tensor
 
 from .config import ConstraintConfig
+from .engine.allocation import allocation_scores, guarded_topk_masks
 from .engine.codebook import codebook_quantize, snap_to_codebook
 from .engine.intgrid import GridSpec, apply_grid, int_grid_quantize
-from .engine.sparsity import global_topk_masks
 from .plugins import hookimpl
 
 
@@ -40,7 +44,8 @@ class Projection(Protocol):
 
 
 class ATMCProjection:
-    """ATMC's projection: global magnitude top-k and a codebook or integer-grid quantizer.
+    """ATMC's projection: global top-k under the configured allocation (score and per-layer
+    guard) and a codebook or integer-grid quantizer.
 
     :param config: the constraint configuration (``bits`` must be set to quantize).
     """
@@ -60,7 +65,8 @@ class ATMCProjection:
         )
 
     def sparsity_masks(self, tensors: Sequence[Tensor], budget: int) -> tuple[list[Tensor], float]:
-        return global_topk_masks(tensors, budget)
+        scores = allocation_scores(tensors, self.config.allocation)
+        return guarded_topk_masks(scores, budget, self.config.min_per_layer)
 
     def quantize(self, tensor: Tensor, mask: Tensor | None) -> tuple[Tensor, Any]:
         bits = self.config.bits

@@ -43,10 +43,11 @@ def test_training_loop_keeps_budget_and_finalize_quantizes(tiny_model, batch, qu
     atmc = ATMC(tiny_model, cfg, optimizer=opt)
     _train(tiny_model, atmc, opt, batch)
     rep = atmc.report()
-    assert rep.nnz <= atmc.budget == round(0.2 * rep.dense_numel)
+    assert atmc.target_budget == round(0.2 * rep.dense_numel) < atmc.budget  # still annealing
+    assert rep.nnz <= atmc.budget
     assert atmc.penalty().item() > 0
     final = atmc.finalize()
-    assert final.nnz <= atmc.budget
+    assert final.nnz <= atmc.budget == atmc.target_budget
     for t in final.tensors:
         assert t.distinct <= 2**3
     assert final.size_ratio == pytest.approx(final.nnz * 3 / (32 * final.dense_numel))
@@ -144,8 +145,13 @@ def test_layer_selection(tiny_model) -> None:
 
 def test_absolute_budget(tiny_model) -> None:
     atmc = ATMC(tiny_model, _config(nnz=100))
-    atmc.project_sparsity()
+    atmc.project_sparsity()  # step 0 of the cubic anneal: still dense
+    assert atmc.report().nnz == atmc.dense_numel
+    atmc.project_sparsity(final=True)
     assert atmc.report().nnz == 100
+    constant = ATMC(tiny_model, _config(nnz=50, schedule="constant"))
+    constant.project_sparsity()
+    assert constant.report().nnz == 50
     with pytest.raises(ConfigError, match="exceeds the"):
         ATMC(tiny_model, _config(nnz=10**9))
 

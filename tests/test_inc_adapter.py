@@ -196,3 +196,25 @@ def test_rtn_on_cuda(monkeypatch) -> None:
 
     q = quantize(model, ATMCQuantConfig(bits=4, group_size=16, eps=0.1, steps=1), run_fn=train_cuda)
     assert conversion_report(q).worst_weight_diff < 2e-3
+
+
+def test_budget_allocation_and_schedule_reach_atmc(tmp_path) -> None:
+    cfg = ATMCQuantConfig(
+        bits=4, group_size=16, density=0.1, allocation="magnitude", schedule="constant"
+    )
+    constraint = cfg.to_atmc(["1"]).constraint
+    assert (constraint.allocation, constraint.schedule) == ("magnitude", "constant")
+    path = tmp_path / "atmc.json"
+    cfg.to_json_file(str(path))
+    assert ATMCQuantConfig.from_json_file(str(path)).to_atmc(["1"]) == cfg.to_atmc(["1"])
+    defaults = ATMCQuantConfig(density=0.1).to_atmc(["1"]).constraint
+    assert (defaults.allocation, defaults.schedule) == ("lamp", "cubic")
+    q = quantize(
+        _mlp(),
+        {"atmc": {"bits": 8, "eps": 0.1, "steps": 1, "density": 0.2, "ramp_steps": 4}},
+        run_fn=lambda m: _train(m, steps=6),
+    )
+    report = conversion_report(q).compression
+    assert report.nnz <= report.budget
+    with pytest.raises(ConfigError, match="allocation"):
+        quantize(_mlp(), ATMCQuantConfig(allocation="size"), run_fn=_train)

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from tp_models import MobileBlockNet, TokenMLPBlock
 
 import atmc_plugin
-from atmc_plugin import ATMCConfig, ConfigError, InputError
+from atmc_plugin import ATMCConfig, ConfigError, ConstraintConfig, InputError
 from atmc_plugin.models import CifarResNet, DigitsCNN
 
 PRUNERS = [
@@ -171,13 +171,20 @@ def test_adam_moments_are_sliced() -> None:
 
 def test_budget_scheduled_with_the_steps() -> None:
     _model, _, pruner, opt = _digits_setup(steps=4)
-    wrapped = atmc_plugin.wrap(pruner, CFG, optimizer=opt)
+    constant = ConstraintConfig(density=0.1, bits=4, schedule="constant")
+    config = ATMCConfig(attack=CFG.attack, constraint=constant, admm=CFG.admm)
+    wrapped = atmc_plugin.wrap(pruner, config, optimizer=opt)
     budgets = []
     for _ in range(4):
         wrapped.step()
         budgets.append(wrapped.atmc.budget)
-    assert budgets == sorted(budgets, reverse=True)
+    assert budgets == sorted(budgets, reverse=True) and budgets[0] < wrapped.dense_numel
     assert budgets[-1] == wrapped.target_budget == round(0.1 * wrapped.dense_numel)
+    # with ATMC's own anneal the budget is the looser of the two schedules
+    _model, _, pruner, opt = _digits_setup(steps=4)
+    annealed = atmc_plugin.wrap(pruner, CFG, optimizer=opt)
+    annealed.step()
+    assert annealed.atmc.budget == annealed.dense_numel > budgets[0]
 
 
 @pytest.mark.parametrize("global_pruning", [False, True])

@@ -36,6 +36,11 @@ class ATMCQuantConfig(TorchBaseConfig):
         Linear only), ``"pt2e"`` (the model stays fp32 on the int8 grid, for INC static int8:
         see :func:`atmc_plugin_adapters.inc.quantize_static_int8`), or ``"none"``.
     :param density: fraction of the compressed weights kept non-zero (1.0 = no sparsity).
+    :param allocation: how layers share the sparsity budget (``"lamp"``, ``"effective"``,
+        ``"magnitude"``; see :class:`atmc_plugin.ConstraintConfig`).
+    :param min_per_layer: non-zeros every compressed tensor keeps at least.
+    :param schedule: ``"cubic"`` anneal of the budget or ``"constant"``.
+    :param ramp_steps: optimizer steps of the cubic anneal.
     :param attack: training attack (``pgd``, ``fgsm``, ``ffgsm``, ``tpgd`` or a plugin's).
     :param eps: l_inf radius in [0, 1] pixel units.
     :param steps: attack iterations.
@@ -57,6 +62,10 @@ class ATMCQuantConfig(TorchBaseConfig):
         group_size: int = -1,
         backend: str = "rtn",
         density: float = 1.0,
+        allocation: str = "lamp",
+        min_per_layer: int = 4,
+        schedule: str = "cubic",
+        ramp_steps: int = 200,
         attack: str = "pgd",
         eps: float = 8 / 255,
         steps: int = 7,
@@ -73,6 +82,10 @@ class ATMCQuantConfig(TorchBaseConfig):
         self.group_size = group_size
         self.backend = backend
         self.density = density
+        self.allocation = allocation
+        self.min_per_layer = min_per_layer
+        self.schedule = schedule
+        self.ramp_steps = ramp_steps
         self.attack = attack
         self.eps = eps
         self.steps = steps
@@ -141,9 +154,27 @@ class ATMCQuantConfig(TorchBaseConfig):
                 "INC static int8 quantizes weights to 8 bits per output channel; set bits = 8 and "
                 "group_size = -1, or use backend = 'rtn' for lower bit widths."
             )
+        # the budget rules are ATMC's own: its ConstraintConfig checks them
+        ConstraintConfig(
+            allocation=self.allocation,
+            min_per_layer=self.min_per_layer,
+            schedule=self.schedule,
+            ramp_steps=self.ramp_steps,
+        )
 
     def grid_key(self) -> tuple[Any, ...]:
-        return (self.bits, self.use_sym, self.group_size, self.backend)
+        """What every op given to ATMC must share: the grid and the model-wide budget rules."""
+        return (
+            self.bits,
+            self.use_sym,
+            self.group_size,
+            self.backend,
+            self.density,
+            self.allocation,
+            self.min_per_layer,
+            self.schedule,
+            self.ramp_steps,
+        )
 
     def to_atmc(self, op_names: list[str]) -> ATMCConfig:
         """The equivalent :class:`atmc_plugin.ATMCConfig` for the given ops."""
@@ -161,6 +192,10 @@ class ATMCQuantConfig(TorchBaseConfig):
                 granularity="channel" if group == -1 else "group",
                 group_size=None if group == -1 else group,
                 scale_rule="pt2e" if self.backend == "pt2e" else "rtn",
+                allocation=self.allocation,
+                min_per_layer=self.min_per_layer,
+                schedule=self.schedule,
+                ramp_steps=self.ramp_steps,
                 include=tuple(op_names),
             ),
             admm=ADMMConfig(rho=self.rho, interval=self.interval),
@@ -182,7 +217,8 @@ def atmc_ops(configs_mapping: OrderedDict[Any, BaseConfig]) -> tuple[list[str], 
     keys = {cfg.grid_key() for _, cfg in chosen}
     if len(keys) > 1:
         raise ConfigError(
-            f"atmc ops use different grids {sorted(keys)} (bits, use_sym, group_size, backend); "
+            f"atmc ops use different grids or budget settings {sorted(keys)} (bits, use_sym, "
+            "group_size, backend, density, allocation, min_per_layer, schedule, ramp_steps); "
             "ATMC trains one grid per model. Give every compressed op the same values, or "
             'exclude ops with set_local(name, ATMCQuantConfig(dtype="fp32")).'
         )

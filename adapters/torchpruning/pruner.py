@@ -112,7 +112,7 @@ class ATMCPruner:
         self.dense_macs = _macs(model, example_inputs)
         self.atmc = ATMC(model, config, optimizer=optimizer, plugin_manager=plugin_manager)
         self.dense_numel = self.atmc.dense_numel
-        self.target_budget = self.atmc.budget
+        self.target_budget = self.atmc.target_budget
         _check_budget_not_undercut(pruner, model, config, layers, example_inputs)
         self._layer_names = {m: n for n, m in layers}
         from .report import _out_channels
@@ -208,13 +208,14 @@ class ATMCPruner:
         return sum(p.numel() for p in self.atmc.parameters().values())
 
     def _schedule_budget(self) -> None:
-        """Linear schedule from dense to the target budget over the pruner's steps."""
+        """Hold ATMC's budget at or above a linear schedule from dense to the target over the
+        pruner's steps (ATMC's own anneal may keep it higher still)."""
         if self.target_budget is None:
             return
         steps = max(1, int(self._pruner.iterative_steps))
         done = min(int(self._pruner.current_step), steps)
         budget = round(self.dense_numel - (self.dense_numel - self.target_budget) * done / steps)
-        self.atmc.budget = max(self.target_budget, budget)
+        self.atmc.set_budget_floor(max(self.target_budget, budget))
         if done == steps and self._remaining_weights() < self.target_budget:
             warnings.warn(
                 f"structural pruning left {self._remaining_weights()} weights, fewer than the "
