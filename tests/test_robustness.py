@@ -37,6 +37,23 @@ def test_standard_preset_runs_the_ensemble(tiny_model) -> None:
     assert report.robust <= report.clean
 
 
+def test_cascade_attacks_only_the_points_still_robust(tiny_model) -> None:
+    x, y = _data(16)
+    tiny_model.eval()
+    calls = []
+    model = nn.Sequential(tiny_model).eval()
+    model.register_forward_pre_hook(lambda _m, args: calls.append(len(args[0])))
+    full = evaluate(model, (x, y), eps=0.05, preset="quick", sanity=False)
+    n_full = sum(calls)
+    calls.clear()
+    cascade = evaluate(model, (x, y), eps=0.05, preset="quick", sanity=False, cascade=True)
+    assert cascade.cascade and not full.cascade
+    assert cascade.per_attack["pgd20x2"] == cascade.robust <= cascade.clean == full.clean
+    assert sum(calls) < n_full  # no attack forward passes on misclassified points
+    clean_wrong = int(round((1 - full.clean) * 16))
+    assert clean_wrong > 0
+
+
 def test_train_mode_warns_and_is_restored(tiny_model) -> None:
     tiny_model.train()
     with pytest.warns(RobustnessWarning, match="train mode"):
