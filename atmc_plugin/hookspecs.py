@@ -59,7 +59,9 @@ def atmc_build_projection(config: ConstraintConfig) -> Projection | None:
     """Return the constraint projection for ``config``, or ``None`` to let another plugin do it.
 
     The result must satisfy :class:`atmc_plugin.projection.Projection`: a global sparsity
-    projection over a list of tensors and a per-tensor quantization projection.
+    projection over a list of tensors and a per-tensor quantization projection. A plugin
+    supplies another budget allocation this way: ``sparsity_masks`` gets the ranking tensors
+    (BatchNorm folded in unless ``allocation = "magnitude"``) and the scheduled budget.
 
     Stops at first non-None result.
 

@@ -7,21 +7,26 @@ Protocol (fixed so runs are comparable; see issue 5):
 - model: ``DigitsCNN(width=32)`` (conv 1-32-64-128, BN, GAP, fc; 93,728 conv/linear weights);
 - training attack PGD-7, step eps/4, random start, loss 0.5 clean + 0.5 adversarial;
   table attack PGD-20, step eps/8, random start; the ``standard`` ensemble of
-  :func:`atmc_plugin.evaluate` (PGD-20 x5, APGD-CE, APGD-T, FAB-T, Square 5000) on the
-  headline ratio's rows;
+  :func:`atmc_plugin.evaluate` (PGD-20 x5, APGD-CE, APGD-T, FAB-T, Square 5000, run as a
+  cascade on the points still robust) on DA and on every row at 1e-2, 3e-3 and 1e-3;
+- seed 0 runs every ratio (1e-1 ... 1e-3); seeds 1 and 2 run 1e-2, 3e-3 and 1e-3;
 - every method starts from the same pre-training of its seed (``--pretrain-epochs`` of dense
   adversarial training; NAP from the same number of clean epochs) and then gets the same
   ``--epochs`` of training (clean for NAP, adversarial for the others);
 - size ratio = compressed bits / dense 32-bit bits of conv/linear weights (the paper's
   convention: non-zeros x bits, indices and codebooks not counted).
 
-Methods: DA (dense adversarial training, continued), NAP, AP with global / per-layer masks /
-per-layer masks + 8-bit PTQ, AL0, ATMC 32/8/4-bit (factorized, ADMM quantization),
-Torch-Pruning structured pruning + adversarial fine-tuning, Torch-Pruning + ATMC through
+Methods: DA (dense adversarial training, continued); baselines: NAP, AP with global /
+per-layer masks / per-layer masks + 8-bit PTQ / global masks + int8 or int4 per-tensor PTQ,
+HYDRA (learned per-layer scores under the adversarial loss, then adversarial fine-tuning),
+one-shot L1 channel pruning + int8 / int4 then adversarial fine-tuning (arXiv 2403.09441),
+AL0, Torch-Pruning structured pruning + adversarial fine-tuning; ours: ATMC 32/8/4/2-bit
+(factorized, ADMM quantization, the library's default allocation and schedule), the paper's
+ATMC (magnitude ranking, one-shot budget) at 8 bits as an ablation, Torch-Pruning + ATMC through
 ``atmc_plugin.wrap``, ATMC through INC to a static int8 model (attacked through its
 straight-through copy).
 
-    python benchmarks/robust_compression.py            # about 45 min on 2 CPU cores
+    python benchmarks/robust_compression.py --resume   # about 3 h on 2 CPU cores
     python benchmarks/robust_compression.py --smoke    # a minute: checks the pipeline only
 
 Each finished run is appended to ``results/robust_compression.runs.jsonl`` and skipped on a
@@ -83,6 +88,7 @@ METHODS = (
     "ATMC 32-bit",
     "ATMC 8-bit",
     "ATMC 4-bit",
+    "ATMC 2-bit",
     "TP + adv. fine-tune",
     "TP + ATMC (wrap)",
     "ATMC -> INC int8",
@@ -189,7 +195,9 @@ def fixed_mask_training(
 
 def tensor_grid(bits: int) -> GridSpec:
     """Symmetric per-tensor integer grid (INC's RTN scale rule)."""
-    return GridSpec(bits=bits, symmetric=True, granularity="tensor", group_size=None, scale_rule="rtn")
+    return GridSpec(
+        bits=bits, symmetric=True, granularity="tensor", group_size=None, scale_rule="rtn"
+    )
 
 
 def ptq(model: nn.Module, bits: int) -> None:
@@ -302,9 +310,7 @@ def atmc_training(
     """
     config = ATMCConfig(
         attack=TRAIN_ATTACK,
-        constraint=ConstraintConfig(
-            density=density, bits=bits, factorize=factorize, **constraint
-        ),
+        constraint=ConstraintConfig(density=density, bits=bits, factorize=factorize, **constraint),
         admm=ADMMConfig(rho=0.1, interval=10),
     )
     atmc = ATMC(model, config, dense_numel=dense_numel(model))
@@ -652,7 +658,7 @@ BASELINES = (
     "TP + adv. fine-tune",
 )
 ATMC_BITS = ("ATMC 32-bit", "ATMC 8-bit", "ATMC 4-bit")
-OURS = (*ATMC_BITS, "TP + ATMC (wrap)", "ATMC -> INC int8")
+OURS = (*ATMC_BITS, "ATMC 2-bit", "TP + ATMC (wrap)", "ATMC -> INC int8")
 CHANCE = 0.1
 
 
@@ -702,7 +708,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         f"Digits CNN (93,728 conv/linear weights), l_inf eps {EPS}; {meta['epochs']} epochs per "
         f"method after {meta['pretrain_epochs']} of pre-training; {meta['machine']}; "
-        f"{meta['runs']} runs, {meta['compute_seconds'] / 3600:.1f} h in all (pre-training excluded). "
+        f"{meta['runs']} runs, {meta['compute_seconds'] / 3600:.1f} h in all "
+        "(pre-training excluded). "
         "PGD-20: step eps/8, one random start; ensemble: worst case per point of PGD-20 x5, "
         "APGD-CE, APGD-T, FAB-T, Square 5000 (the standard preset of `atmc_plugin.evaluate`), "
         "on DA and on every row at 1e-2, 3e-3 and 1e-3. Mean ± std over seeds where seeds > 1.",

@@ -183,3 +183,54 @@ def test_the_same_rules_through_wrap() -> None:
     assert budgets == sorted(budgets, reverse=True) and budgets[-1] == wrapped.target_budget
     report = wrapped.finalize().elementwise
     assert min(t.nnz for t in report.tensors) >= constraint.min_per_layer
+
+
+class _PerLayerUniform:
+    """A plugin's allocation: the same fraction of every tensor (ERK-like quotas)."""
+
+    def __init__(self, config: ConstraintConfig) -> None:
+        from atmc_plugin.projection import ATMCProjection
+
+        self.base = ATMCProjection(config)
+        self.seen: list[int] = []
+
+    def sparsity_masks(self, tensors, budget):
+        self.seen.append(budget)
+        total = sum(t.numel() for t in tensors)
+        masks = []
+        for t in tensors:
+            keep = max(1, budget * t.numel() // total)
+            flat = t.abs().flatten()
+            mask = torch.zeros_like(flat, dtype=torch.bool)
+            mask[flat.topk(keep).indices] = True
+            masks.append(mask.view_as(t))
+        return masks, 0.0
+
+    def quantize(self, tensor, mask):
+        return self.base.quantize(tensor, mask)
+
+    def snap(self, tensor, qstate):
+        return self.base.snap(tensor, qstate)
+
+
+def test_a_plugin_supplies_its_own_allocation_through_the_projection_hook() -> None:
+    from atmc_plugin import hookimpl
+    from atmc_plugin.plugins import get_plugin_manager
+
+    built: list[_PerLayerUniform] = []
+
+    class Plugin:
+        @hookimpl
+        def atmc_build_projection(self, config):
+            built.append(_PerLayerUniform(config))
+            return built[-1]
+
+    pm = get_plugin_manager(entry_points=False)
+    pm.register(Plugin())
+    model = DigitsCNN(width=8)
+    constraint = ConstraintConfig(density=0.1, schedule="constant")
+    atmc = ATMC(model, ATMCConfig(attack=None, constraint=constraint), plugin_manager=pm)
+    atmc.project_sparsity()
+    assert built[0].seen == [atmc.target_budget]
+    per_layer = {n: int(torch.count_nonzero(p)) / p.numel() for n, p in atmc.parameters().items()}
+    assert all(abs(f - 0.1) < 0.02 for f in per_layer.values()), per_layer

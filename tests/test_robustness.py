@@ -50,8 +50,7 @@ def test_cascade_attacks_only_the_points_still_robust(tiny_model) -> None:
     assert cascade.cascade and not full.cascade
     assert cascade.per_attack["pgd20x2"] == cascade.robust <= cascade.clean == full.clean
     assert sum(calls) < n_full  # no attack forward passes on misclassified points
-    clean_wrong = int(round((1 - full.clean) * 16))
-    assert clean_wrong > 0
+    assert full.clean < 1  # some points were misclassified, so the cascade skipped them
 
 
 def test_train_mode_warns_and_is_restored(tiny_model) -> None:
