@@ -234,8 +234,9 @@ def hydra(model: nn.Module, setup: Setup, density: float, seed: int) -> None:
     from torch.nn.utils import parametrize
 
     layers = select_layers(model, ConstraintConfig())
-    for _, module in layers:
-        parametrize.register_parametrization(module, "weight", HydraMask(module.weight, density))
+    hydra_masks = {name: HydraMask(layer_weight(module), density) for name, module in layers}
+    for name, module in layers:
+        parametrize.register_parametrization(module, "weight", hydra_masks[name])
     scores = [p for n, p in model.named_parameters() if n.endswith(".scores")]
     frozen = [p for n, p in model.named_parameters() if not n.endswith(".scores")]
     for p in frozen:
@@ -246,8 +247,7 @@ def hydra(model: nn.Module, setup: Setup, density: float, seed: int) -> None:
     masks = {}
     with torch.no_grad():
         for name, module in layers:
-            hydra_mask = module.parametrizations.weight[0]
-            masks[f"{name}.weight"] = hydra_mask.mask().detach().bool()
+            masks[f"{name}.weight"] = hydra_masks[name].mask().detach().bool()
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
     for p in model.parameters():
         p.requires_grad_(True)
