@@ -777,6 +777,33 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def read_runs(path: Path) -> list[dict[str, Any]]:
+    """The finished runs in ``path`` (one JSON object per line), first record per key.
+
+    A torn last line (a process killed mid-write) is dropped.
+    """
+    runs: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            log.warning("dropping a torn line of %s", path)
+            continue
+        runs.setdefault(run_key(record["method"], record["target_ratio"], record["seed"]), record)
+    return list(runs.values())
+
+
+def append_run(path: Path, record: dict[str, Any]) -> None:
+    """Append one record as a line, under an exclusive lock (processes may share the file)."""
+    import fcntl
+
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("neural_compressor").setLevel(logging.ERROR)
@@ -791,6 +818,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, help=f"results folder (default {RESULTS})")
     p.add_argument("--ratios", nargs="+", type=float, choices=RATIOS, help="only these ratios")
     p.add_argument("--methods", nargs="+", choices=METHODS, help="run only these methods")
+    p.add_argument(
+        "--only-seeds",
+        nargs="+",
+        type=int,
+        help="run only these seeds (several processes may share one --out with --resume)",
+    )
     p.add_argument("--replot", action="store_true", help="redraw .md/.png from the .json")
     args = p.parse_args()
     if args.replot:
@@ -808,7 +841,7 @@ def main() -> None:
     runs_path = args.out / "robust_compression.runs.jsonl"
     runs = []
     if args.resume and runs_path.exists():
-        runs = [json.loads(line) for line in runs_path.read_text().splitlines() if line]
+        runs = read_runs(runs_path)
     elif runs_path.exists():
         runs_path.unlink()
     done = {run_key(r["method"], r["target_ratio"], r["seed"]) for r in runs}
@@ -817,8 +850,10 @@ def main() -> None:
     t0 = time.perf_counter()
     methods = tuple(args.methods or METHODS)
     for method, ratio, seed, ensemble in planned(args.seeds, methods, not args.smoke):
-        if run_key(method, ratio, seed) in done or (
-            args.ratios and ratio is not None and ratio not in args.ratios
+        if (
+            run_key(method, ratio, seed) in done
+            or (args.ratios and ratio is not None and ratio not in args.ratios)
+            or (args.only_seeds is not None and seed not in args.only_seeds)
         ):
             continue
         if seed not in pretrained:
@@ -830,8 +865,7 @@ def main() -> None:
             pretrained = {seed: pretrain(setup, args.pretrain_epochs, seed)}
         record = measure(method, ratio, seed, ensemble, pretrained[seed], setup)
         runs.append(record)
-        with runs_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_run(runs_path, record)
         log.info(
             "%-28s ratio %-6s seed %d: size %.4g clean %.3f PGD-20 %.3f%s (%.0f s)",
             method,
@@ -843,6 +877,7 @@ def main() -> None:
             f" ensemble {record['ensemble']:.3f}" if ensemble else "",
             record["seconds"],
         )
+    runs = read_runs(runs_path)  # with what other processes sharing --out have finished
     rows = summarize(runs)
     meta = {
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, {args.threads} threads, "
