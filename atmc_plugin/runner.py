@@ -137,6 +137,17 @@ class Trainer:
             self._optimizer("compress", epochs)
             self.atmc.attach(self._require_optimizer())
         self.perturb, self.penalty = self.atmc.perturb, self.atmc.penalty
+        c = self.atmc.config.constraint
+        stage_steps = epochs * -(-len(self.y_train) // recipe.batch_size)
+        if c.sparse and c.schedule == "cubic" and c.ramp_steps > stage_steps:
+            log.warning(
+                "constraint.ramp_steps = %d is longer than the compression stage (%d optimizer "
+                "steps): the budget reaches its target only in the hard projection at the end. "
+                "Set ramp_steps to about half the stage (%d) or raise compress_epochs.",
+                c.ramp_steps,
+                stage_steps,
+                stage_steps // 2,
+            )
 
     def _finalize(self) -> None:
         """End of compression: hard projection onto the constraint set."""

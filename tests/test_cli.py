@@ -265,7 +265,7 @@ def test_torchrun_two_processes_gloo_only_rank0_writes(tmp_path: Path) -> None:
 
 
 def test_plain_atmc_mlp_without_attack_and_factorized(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     recipe = tmp_path / "mlp.toml"
     recipe.write_text(
@@ -278,6 +278,8 @@ def test_plain_atmc_mlp_without_attack_and_factorized(
     )
     out = tmp_path / "run"
     assert main(["run", str(recipe), "--out", str(out), "--no-progress"]) == 0
+    # 2 epochs of 4 batches cannot hold the default 200-step anneal: the user is told
+    assert "ramp_steps = 200 is longer than the compression stage (8 optimizer" in caplog.text
     records = [r for r in RunDir(out).read_metrics() if r["kind"] == "epoch"]
     assert all(r["train_adv_acc"] is None for r in records)
     results = json.loads((out / "results.json").read_text())
