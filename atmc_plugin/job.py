@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import time
@@ -15,7 +16,7 @@ from .adversary import unwrap_model
 from .build import Data, build_model, check_recipe, resolve_device
 from .errors import ATMCError, InputError
 from .modes import preserved_modes
-from .recipe import Recipe
+from .recipe import Recipe, RecipeError
 from .rundir import RunDir, load_checkpoint, read_tagged
 from .runner import Trainer, train_batches
 
@@ -55,18 +56,59 @@ def _run(
 ) -> dict[str, Any]:
     failure: Exception | None = None
     checkpoint: dict[str, Any] | None = None
+    run: RunDir | None = None
     try:
         data = check_recipe(recipe, dev)
         run = RunDir.prepare(out, recipe, resume, is_writer=ctx.is_writer)
-        checkpoint = load_checkpoint(run.last, recipe) if resume else None
+        if resume and run.last.exists():
+            checkpoint = load_checkpoint(run.last, recipe)
+        elif resume:
+            _check_same_recipe(run, recipe)
     except ATMCError as exc:
         failure = exc
     if not ctx.all_ok(failure is None):
+        if run is not None:
+            run.release()
         raise failure or ATMCError("another rank could not start the run; see rank 0's log.")
+    if run is None:
+        raise ATMCError("internal: the run folder was not prepared.")
+    try:
+        return _train_and_finish(recipe, run, dev, ctx, data, checkpoint, progress, resume)
+    finally:
+        run.release()
+
+
+def _check_same_recipe(run: RunDir, recipe: Recipe) -> None:
+    """Resuming a run killed before its first checkpoint: it must be the same recipe."""
+    info = run.root / "run.json"
+    try:
+        digest = json.loads(info.read_text(encoding="utf-8")).get("recipe_digest")
+    except (OSError, ValueError, AttributeError):
+        return  # killed before run.json was written: nothing to compare against
+    if digest is not None and digest != recipe.digest:
+        raise RecipeError(
+            f"--resume: {str(run.root)!r} was started with a different recipe (digest {digest} "
+            f"vs {recipe.digest}); resume with RUN_DIR/recipe.toml or start a new run."
+        )
+
+
+def _train_and_finish(
+    recipe: Recipe,
+    run: RunDir,
+    dev: torch.device,
+    ctx: Any,
+    data: Data,
+    checkpoint: dict[str, Any] | None,
+    progress: bool,
+    resume: bool,
+) -> dict[str, Any]:
     if ctx.is_writer:
         if checkpoint is not None:
             run.truncate_metrics(int(checkpoint["metrics_count"]))
         else:
+            if resume:
+                log.info("%s has no checkpoint yet: the run starts from scratch", run.root)
+                run.truncate_metrics(0)
             run.write_json(run.root / "run.json", _run_info(recipe, dev, ctx.world_size))
     data = ctx.shard(data)
     torch.manual_seed(recipe.seed)
@@ -242,6 +284,7 @@ def evaluate_pair(
 def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any]:
     """INC conversion, evaluation of dense vs compressed, sizes, latency, artifacts."""
     from .io import save_atomically
+    from .rundir import sealed
 
     recipe, data, dev = trainer.recipe, trainer.data, trainer.device
     unwrap_model(trainer.model).eval()
@@ -269,7 +312,7 @@ def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any
         "pruner": trainer.pruner.state_dict() if trainer.pruner is not None else None,
         "atmc": trainer.atmc.state_dict() if trainer.atmc is not None else None,
     }
-    save_atomically(final, run.final)
+    save_atomically(sealed(final), run.final)
     run.write_json(run.results, results)
     run.log_metrics({"kind": "final", **_headline(results)})
     return results

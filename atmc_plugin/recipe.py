@@ -220,7 +220,7 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
     return Recipe(
         path=path,
         raw=dict(raw),
-        name=run.string("name", path.stem),
+        name=_plain_name(run, run.string("name", path.stem)),
         seed=run.integer("seed", 0),
         device=run.choice("device", "auto", DEVICES),
         dataset=dataset,
@@ -291,3 +291,22 @@ def _inc(
                 "leave [atmc.constraint] out ([atmc.attack] still sets the pre-training attack)",
             )
     return {k: dict(v) for k, v in section.data.items()}
+
+
+def _plain_name(section: _Section, name: str) -> str:
+    """A run name is a folder name under ``runs/``, never a path."""
+    bad = (
+        not name
+        or name in (".", "..")
+        or any(c in name for c in "/\\\0:")
+        or name != name.strip()
+        or name.startswith("-")
+    )
+    if bad:
+        raise section.error(
+            "name",
+            name,
+            "use a plain folder name (letters, digits, '-', '_', '.'; no path separators); "
+            "choose another folder with --out",
+        )
+    return name

@@ -3,6 +3,8 @@
 Layout::
 
     RUN_DIR/
+      .atmc-run              marker: this folder is an atmc run (written first)
+      run.lock               held while a process writes the folder (pid, host, start time)
       recipe.toml            the recipe as given (snapshot)
       run.json               resolved settings: seed, device, versions, recipe digest
       metrics.jsonl          one JSON object per epoch (and per evaluation)
@@ -12,22 +14,36 @@ Layout::
       model.safetensors      compact export (sparse indices + b-bit codes + codebooks)
       results.json           evaluation, sizes, latency
       report.md, *.png       the report (``atmc report RUN_DIR`` rebuilds them)
+
+Lifecycle: :meth:`RunDir.prepare` takes the lock first, then writes the marker; a folder is
+only ever written when it is empty, or ours and ``--resume`` was asked for. A run killed before
+its first checkpoint resumes from scratch. Checkpoints and ``final.pt`` carry a sha256 of their
+content that every read verifies; a torn last line of ``metrics.jsonl`` (a kill mid-write) is
+dropped on read.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import ATMCError, InputError
-from .io import save_atomically, write_text_atomically
+from .io import content_digest, remove_stale_temporaries, save_atomically, write_text_atomically
 from .recipe import Recipe, RecipeError
+
+log = logging.getLogger(__name__)
+MARKER = ".atmc-run"
+LOCK = "run.lock"
+DIGEST_KEY = "sha256"
 
 CHECKPOINT_FORMAT = "atmc-run-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -44,13 +60,25 @@ class RunDir:
         self.dense = self.checkpoints / "dense.pt"
         self.final = root / "final.pt"
         self.results = root / "results.json"
+        self.marker = root / MARKER
+        self.lock = root / LOCK
+        self._locked = False
+
+    @property
+    def is_run(self) -> bool:
+        """The folder holds an atmc run (its marker, or the metrics of an older version)."""
+        return self.marker.exists() or self.metrics.exists()
 
     @classmethod
     def prepare(cls, root: Path, recipe: Recipe, resume: bool, is_writer: bool = True) -> RunDir:
-        """Check the folder is usable, then (writer only) snapshot the recipe.
+        """Lock the folder, check it may be written, mark it, snapshot the recipe.
 
-        :raises RecipeError: the folder is not writable, or holds another run and ``resume``
-            was not asked for (nothing is overwritten), or ``resume`` without a checkpoint.
+        A new run needs an empty (or missing) folder; ``resume`` needs one of our run folders
+        (with or without a checkpoint). The lock is held until :meth:`release`.
+
+        :raises RecipeError: not writable, in use by another process, another run's or a
+            foreign folder without ``resume``, or ``resume`` on a folder that is not a run
+            (nothing is written or overwritten in each case).
         """
         run = cls(root)
         if not is_writer:
@@ -64,20 +92,83 @@ class RunDir:
                 f"output folder {str(root)!r} is not writable ({exc.strerror or exc}); "
                 "pass --out with a folder you can write to."
             ) from exc
-        if resume:
-            if not run.last.exists():
-                raise RecipeError(
-                    f"--resume: {str(run.last)!r} does not exist; nothing to resume. Start the "
-                    "run without --resume."
-                )
-        elif run.metrics.exists() or run.last.exists():
+        run.acquire()
+        try:
+            run._check_and_mark(recipe, resume)
+        except BaseException:
+            run.release()
+            raise
+        return run
+
+    def _check_and_mark(self, recipe: Recipe, resume: bool) -> None:
+        root = self.root
+        if resume and not self.is_run:
             raise RecipeError(
-                f"output folder {str(root)!r} already holds a run; pass --resume to continue it "
-                "or --out with a new folder (nothing was overwritten)."
+                f"--resume: {str(root)!r} is not an atmc run folder (no {MARKER}); start the "
+                "run without --resume."
             )
         if not resume:
-            shutil.copyfile(recipe.path, root / "recipe.toml")
-        return run
+            if self.is_run:
+                raise RecipeError(
+                    f"output folder {str(root)!r} already holds a run; pass --resume to continue "
+                    "it or --out with a new folder (nothing was overwritten)."
+                )
+            foreign = sorted(p.name for p in root.iterdir() if p.name != LOCK)
+            if foreign:
+                raise RecipeError(
+                    f"output folder {str(root)!r} is not empty and not an atmc run folder (it "
+                    f"holds {', '.join(foreign[:3])}{'...' if len(foreign) > 3 else ''}); pass "
+                    "--out with a new or empty folder (nothing was overwritten)."
+                )
+            write_text_atomically(
+                json.dumps({"format": "atmc-run", "version": 1}) + "\n", self.marker
+            )
+        for folder in (root, self.checkpoints):
+            for stale in remove_stale_temporaries(folder):
+                log.info("removed %s, left by an interrupted write", stale)
+        snapshot = root / "recipe.toml"
+        if not resume and Path(recipe.path).resolve() != snapshot.resolve():
+            shutil.copyfile(recipe.path, snapshot)
+
+    # -- the lock ------------------------------------------------------------------------------
+    def acquire(self) -> None:
+        """Take the folder's lock (a file with our pid and host), taking over a stale one.
+
+        :raises RecipeError: another live process holds it.
+        """
+        mine = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        for _ in range(3):
+            try:
+                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_lock(self.lock)
+                if not _is_stale(holder, self.lock):
+                    who = "another process that is starting"
+                    if holder is not None:
+                        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["since"]))
+                        who = f"process {holder['pid']} on {holder.get('host')} (since {since})"
+                    raise RecipeError(
+                        f"run folder {str(self.root)!r} is in use by {who}; wait for it to "
+                        f"finish, or delete {str(self.lock)!r} if that process no longer exists."
+                    ) from None
+                log.warning("taking over the stale lock of %s (%s)", self.root, holder or "empty")
+                self.lock.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(mine, f)
+                f.flush()
+                os.fsync(f.fileno())
+            self._locked = True
+            return
+        raise RecipeError(f"could not take the lock {str(self.lock)!r}; try again.")
+
+    def release(self) -> None:
+        """Give the lock back (only if this process holds it)."""
+        if self._locked:
+            holder = _read_lock(self.lock)
+            if holder and holder.get("pid") == os.getpid():
+                self.lock.unlink(missing_ok=True)
+            self._locked = False
 
     # -- metrics -------------------------------------------------------------------------------
     def log_metrics(self, record: dict[str, Any]) -> None:
@@ -87,10 +178,29 @@ class RunDir:
             os.fsync(f.fileno())
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The metric records; a torn last line (a kill mid-write) is dropped with a warning.
+
+        :raises InputError: a line other than the last is not JSON (the file is left as is).
+        """
         if not self.metrics.exists():
             return []
-        lines = self.metrics.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        lines = [line for line in self.metrics.read_text(encoding="utf-8").splitlines() if line]
+        records = []
+        for i, line in enumerate(lines):
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:
+                if i == len(lines) - 1:
+                    log.warning("%s: dropping a torn last line (%s)", self.metrics, exc)
+                    break
+                raise InputError(
+                    f"{str(self.metrics)!r} line {i + 1} is not a JSON record ({exc}); the file "
+                    "was not modified. Remove that line to continue."
+                ) from exc
+            records.append(record)
+        return records
 
     def truncate_metrics(self, count: int) -> None:
         """Keep the first ``count`` records (those covered by the checkpoint being resumed)."""
@@ -108,7 +218,39 @@ class RunDir:
             "recipe_digest": recipe.digest,
             **state,
         }
-        save_atomically(payload, path)
+        save_atomically(sealed(payload), path)
+
+
+def sealed(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with the sha256 of its content, which :func:`read_tagged` verifies."""
+    return {**payload, DIGEST_KEY: content_digest(payload)}
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(holder, dict) and isinstance(holder.get("pid"), int)
+    return holder if ok and isinstance(holder.get("since"), (int, float)) else None
+
+
+def _is_stale(holder: dict[str, Any] | None, path: Path) -> bool:
+    """A lock is stale when its process is gone (same host), or unreadable and old."""
+    if holder is None:  # killed between creating and writing it
+        try:
+            return time.time() - path.stat().st_mtime > 10
+        except FileNotFoundError:
+            return True
+    if holder.get("host") != socket.gethostname():
+        return False  # cannot tell whether a process on another machine is alive
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, owned by another user
+    return False
 
 
 def read_tagged(path: Path, fmt: str) -> dict[str, Any]:
@@ -129,6 +271,12 @@ def read_tagged(path: Path, fmt: str) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise InputError(
             f"{str(path)!r} is not an atmc {fmt!r} file (no such format tag); it was not modified."
+        )
+    digest = payload.pop(DIGEST_KEY, None)
+    if digest is not None and digest != content_digest(payload):
+        raise InputError(
+            f"checkpoint {str(path)!r} is corrupt: its content does not match the sha256 written "
+            "with it; it was not modified. Delete it to start over, or resume from a copy."
         )
     return payload
 

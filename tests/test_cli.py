@@ -124,6 +124,7 @@ def test_corrupt_or_foreign_checkpoint_is_refused_and_kept(
 ) -> None:
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
+    (out / ".atmc-run").write_text("{}")  # one of our run folders, with a bad checkpoint
     last = out / "checkpoints" / "last.pt"
     if content is None:
         torch.save({"model": {}}, last)  # a foreign, weights-only-readable file

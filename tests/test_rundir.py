@@ -1,0 +1,138 @@
+"""Run-folder lifecycle and integrity: lock, marker, resume before the first checkpoint,
+no overwriting, checksums, torn metrics lines, plain run names (issue 11)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from atmc_plugin.cli import main
+from atmc_plugin.errors import InputError
+from atmc_plugin.io import remove_stale_temporaries, save_atomically
+from atmc_plugin.recipe import RecipeError, load_recipe
+from atmc_plugin.rundir import RunDir, load_checkpoint
+
+TINY = Path(__file__).parent / "recipes" / "tiny_tp.toml"
+
+
+def _epochs(run: Path) -> list[dict[str, object]]:
+    return [
+        {k: v for k, v in r.items() if k != "seconds"}
+        for r in RunDir(run).read_metrics()
+        if r.get("kind") == "epoch"
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    assert main(["run", str(TINY), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_a_kill_before_the_first_checkpoint_resumes_from_scratch(
+    reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    run = RunDir.prepare(out, load_recipe(TINY), resume=False)
+    run.log_metrics({"kind": "epoch", "stage": "pretrain", "epoch": 0, "half": True})
+    run.release()  # the process died here: a marker and metrics, no last.pt
+    assert main(["run", str(TINY), "--out", str(out), "--no-progress"]) == 2  # still ours
+    assert main(["run", str(TINY), "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert _epochs(out) == _epochs(reference)
+    assert not (out / "run.lock").exists()
+
+
+def test_a_folder_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = {"pid": holder.pid, "host": socket.gethostname(), "since": time.time()}
+        (out / "run.lock").write_text(json.dumps(lock))
+        with pytest.raises(RecipeError, match=f"in use by process {holder.pid}"):
+            RunDir.prepare(out, load_recipe(TINY), resume=False)
+        assert sorted(p.name for p in out.iterdir()) == ["run.lock"]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    run = RunDir.prepare(out, load_recipe(TINY), resume=False)  # the holder is gone: stale
+    assert json.loads((out / "run.lock").read_text())["pid"] == os.getpid()
+    with pytest.raises(RecipeError, match="in use by process"):
+        RunDir.prepare(out, load_recipe(TINY), resume=True)  # ourselves, still holding it
+    run.release()
+    assert not (out / "run.lock").exists()
+
+
+def test_a_foreign_folder_is_never_overwritten(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "recipe.toml").write_text("my own notes")
+    assert main(["run", str(TINY), "--out", str(out)]) == 2
+    assert main(["run", str(TINY), "--out", str(out), "--resume"]) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["recipe.toml"]
+    assert (out / "recipe.toml").read_text() == "my own notes"
+    # a recipe inside the folder it is run into: refused, not a SameFileError
+    inside = tmp_path / "inside"
+    inside.mkdir()
+    shutil.copy(TINY, inside / "recipe.toml")
+    assert main(["run", str(inside / "recipe.toml"), "--out", str(inside)]) == 2
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/x", "a/b", "..", "a\\b"])
+def test_run_names_are_plain_names(tmp_path: Path, name: str) -> None:
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(TINY.read_text().replace('name = "tiny-tp"', f"name = {json.dumps(name)}"))
+    with pytest.raises(RecipeError, match="plain folder name"):
+        load_recipe(recipe)
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_detected(reference: Path, tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    shutil.copy(reference / "checkpoints" / "last.pt", path)
+    load_checkpoint(path)  # intact: reads
+    payload = torch.load(path, weights_only=True)
+    weight = next(v for v in payload["model"].values() if v.is_floating_point() and v.numel())
+    bits = weight.view(torch.int32)
+    bits.view(-1)[0] ^= 1 << 3  # one bit of one weight
+    torch.save(payload, path)  # the stored sha256 is the old content's
+    with pytest.raises(InputError, match="corrupt"):
+        load_checkpoint(path)
+    final = tmp_path / "final.pt"
+    shutil.copy(reference / "final.pt", final)
+    payload = torch.load(final, weights_only=True)
+    payload["recipe_digest"] = "0" * 16
+    torch.save(payload, final)
+    assert main(["eval", str(final), "--device", "cpu"]) == 2
+
+
+def test_a_torn_metrics_line_is_dropped(reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    before = RunDir(out).read_metrics()
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"kind": "epoch", "stage": "fine')  # killed mid-write
+    assert RunDir(out).read_metrics() == before
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    (out / "metrics.jsonl").write_text("\n".join(["garbage", *lines]) + "\n")
+    with pytest.raises(InputError, match="line 1 is not a JSON record"):
+        RunDir(out).read_metrics()
+
+
+def test_writes_are_atomic_with_consistent_modes_and_temporaries_are_cleaned(
+    tmp_path: Path,
+) -> None:
+    save_atomically({"x": torch.ones(2)}, tmp_path / "a.pt")
+    assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o644
+    (tmp_path / ".a.pt.abc.tmp").write_bytes(b"partial")
+    assert [p.name for p in remove_stale_temporaries(tmp_path)] == [".a.pt.abc.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]
