@@ -581,7 +581,7 @@ def planned(
     for seed in range(seeds):
         if "DA" in methods:
             yield "DA", None, seed, ensemble
-        for method in (m for m in METHODS[1:] if m in methods):
+        for method in (m for m in methods if m != "DA"):  # in the order asked for
             for ratio in RATIOS if seed == 0 else DEEP:
                 yield method, ratio, seed, ensemble and ratio in DEEP
 
@@ -817,7 +817,9 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny schedule, results to /tmp")
     p.add_argument("--out", type=Path, help=f"results folder (default {RESULTS})")
     p.add_argument("--ratios", nargs="+", type=float, choices=RATIOS, help="only these ratios")
-    p.add_argument("--methods", nargs="+", choices=METHODS, help="run only these methods")
+    p.add_argument(
+        "--methods", nargs="+", choices=METHODS, help="run only these methods, in this order"
+    )
     p.add_argument(
         "--only-seeds",
         nargs="+",
