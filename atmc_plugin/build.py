@@ -148,7 +148,7 @@ def inc_configs(recipe: Recipe) -> dict[str, Any]:
                 config.validate()
             else:
                 config = static_config_from_dict(settings)
-        except (TypeError, ValueError, KeyError) as exc:
+        except (TypeError, ValueError, KeyError) as exc:  # ConfigError is a ValueError
             raise RecipeError(f"{recipe.path}: [inc.{algo}] {exc}") from exc
         out[algo] = config
     return out

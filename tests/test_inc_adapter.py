@@ -218,3 +218,35 @@ def test_budget_allocation_and_schedule_reach_atmc(tmp_path) -> None:
     assert report.nnz <= report.budget
     with pytest.raises(ConfigError, match="allocation"):
         quantize(_mlp(), ATMCQuantConfig(allocation="size"), run_fn=_train)
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"desnity": 0.1}, "no setting 'desnity'.*density"),
+        ({"density": 2.0}, r"density = 2\.0"),
+        ({"density": -1}, "density = -1"),
+        ({"density": 0}, "density = 0"),
+        ({"eps": -0.1}, "eps"),
+        ({"steps": 0}, "steps"),
+        ({"ramp_steps": -3}, "ramp_steps"),
+        ({"group_size": 0}, "group_size"),
+    ],
+)
+def test_every_value_is_checked_before_any_work(settings, match) -> None:
+    """INC builds configs with cls(**dict): typos and bad values must not pass silently."""
+    with pytest.raises(ConfigError, match=match):
+        ATMCQuantConfig.from_dict(settings).validate()
+
+
+def test_an_inc_atmc_recipe_with_a_bad_value_fails_before_training(tmp_path) -> None:
+    from atmc_plugin.cli import main
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        "[data]\ntrain_limit = 64\ntest_limit = 16\n[model]\nname = 'mlp'\nhidden = [8]\n"
+        "[train]\npretrain_epochs = 1\ncompress_epochs = 1\nfinetune_epochs = 0\n"
+        "[inc.atmc]\nbits = 8\ndesnity = 0.1\n"
+    )
+    assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()

@@ -9,6 +9,7 @@ space.
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 from typing import Any, ClassVar
 
@@ -17,6 +18,7 @@ from neural_compressor.common.base_config import DEFAULT_WHITE_LIST, BaseConfig,
 from neural_compressor.torch.quantization.config import OperatorConfig, TorchBaseConfig
 
 from atmc_plugin import ADMMConfig, ATMCConfig, AttackConfig, ConfigError, ConstraintConfig
+from atmc_plugin.errors import did_you_mean
 
 ALGO_NAME = "atmc"
 PRIORITY_ATMC = 5  # below INC's built-ins: never chosen unless asked for by name
@@ -75,6 +77,14 @@ class ATMCQuantConfig(TorchBaseConfig):
         white_list: list[Any] | None = DEFAULT_WHITE_LIST,
         **kwargs: Any,
     ) -> None:
+        if kwargs:
+            # INC builds configs with cls(**dict): a misspelled key would be dropped silently
+            known = [n for n in inspect.signature(ATMCQuantConfig).parameters if n != "kwargs"]
+            key = sorted(kwargs)[0]
+            raise ConfigError(
+                f"atmc has no setting {key!r}.{did_you_mean(key, known)} Valid settings: "
+                f"{', '.join(known)}."
+            )
         super().__init__(white_list=white_list)
         self.dtype = dtype
         self.bits = bits
@@ -154,13 +164,18 @@ class ATMCQuantConfig(TorchBaseConfig):
                 "INC static int8 quantizes weights to 8 bits per output channel; set bits = 8 and "
                 "group_size = -1, or use backend = 'rtn' for lower bit widths."
             )
-        # the budget rules are ATMC's own: its ConstraintConfig checks them
-        ConstraintConfig(
-            allocation=self.allocation,
-            min_per_layer=self.min_per_layer,
-            schedule=self.schedule,
-            ramp_steps=self.ramp_steps,
-        )
+        if isinstance(self.density, bool) or not isinstance(self.density, (int, float)):
+            raise ConfigError(f"atmc density = {self.density!r}: expected a number in (0, 1].")
+        if not 0 < self.density <= 1:
+            raise ConfigError(
+                f"atmc density = {self.density!r}: the fraction of weights kept must lie in "
+                "(0, 1] (1.0 = no sparsity)."
+            )
+        # every other value is ATMC's own: the same classes and rules as ATMCConfig check it
+        try:
+            self._atmc_config(["-"])
+        except ConfigError as exc:
+            raise ConfigError(f"atmc: {exc}") from exc
 
     def grid_key(self) -> tuple[Any, ...]:
         """What every op given to ATMC must share: the grid and the model-wide budget rules."""
@@ -179,6 +194,9 @@ class ATMCQuantConfig(TorchBaseConfig):
     def to_atmc(self, op_names: list[str]) -> ATMCConfig:
         """The equivalent :class:`atmc_plugin.ATMCConfig` for the given ops."""
         self.validate()
+        return self._atmc_config(op_names)
+
+    def _atmc_config(self, op_names: list[str]) -> ATMCConfig:
         group = self.group_size
         return ATMCConfig(
             attack=AttackConfig(
