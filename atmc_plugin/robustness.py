@@ -130,6 +130,35 @@ def _batches(data: Any, batch_size: int) -> Iterable[tuple[Tensor, Tensor]]:
     yield from data
 
 
+def _check_batch(batch: Any, offset: int) -> tuple[Tensor, Tensor]:
+    """A batch as float inputs in [0, 1] and 1-D integer labels >= 0, or a clear error."""
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        raise InputError(f"batch at sample {offset}: expected (inputs, labels), got {type(batch)}.")
+    x, y = batch
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise InputError(f"batch at sample {offset}: inputs and labels must be tensors.")
+    where = f"batch at sample {offset}"
+    if not x.is_floating_point():
+        raise InputError(f"{where}: inputs must be floating point in [0, 1], got {x.dtype}.")
+    if y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise InputError(
+            f"{where}: labels must be a 1-D tensor of class indices (integers), got dtype "
+            f"{y.dtype} and shape {tuple(y.shape)}."
+        )
+    if len(x) != len(y) or len(y) == 0:
+        raise InputError(f"{where}: {len(x)} inputs but {len(y)} labels.")
+    if not bool(torch.isfinite(x).all()):
+        raise InputError(f"{where}: inputs contain NaN or inf.")
+    if float(x.min()) < 0 or float(x.max()) > 1:
+        raise InputError(
+            f"{where}: inputs must lie in [0, 1] (got {float(x.min()):.3g}..{float(x.max()):.3g}); "
+            "give pixels, and put normalization inside the model."
+        )
+    if int(y.min()) < 0:
+        raise InputError(f"{where}: labels must be >= 0, got {int(y.min())}.")
+    return x.float(), y.long()
+
+
 def attackable(model: nn.Module, plugin_manager: Any = None) -> nn.Module:
     """The model itself, or the differentiable copy a plugin provides (INC int8 graphs)."""
     pm = plugin_manager if plugin_manager is not None else get_plugin_manager()
@@ -163,8 +192,14 @@ def evaluate(
     """
     if preset not in PRESETS:
         raise ConfigError(f"preset = {preset!r}: choose one of {', '.join(PRESETS)}.")
-    if not (isinstance(eps, (int, float)) and eps > 0):
-        raise ConfigError(f"eps = {eps!r} must be a positive number.")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= 1:
+        raise ConfigError(
+            f"eps = {eps!r} must be a number in (0, 1]: inputs are in [0, 1] pixel units."
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size = {batch_size!r} must be a positive integer.")
+    if data is None:
+        raise InputError("data is None: give (inputs, labels) tensors or an iterable of batches.")
     flags: list[str] = []
     # An exported graph's mode was fixed at export time; its `training` flag means nothing.
     if model.training and not isinstance(model, torch.fx.GraphModule):
@@ -185,11 +220,23 @@ def evaluate(
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc=f"evaluate eps={eps:g}", unit="batch")
-        for x, y in batches:
-            x = x.to(model_device(target)).float()
-            y = y.to(x.device).long()
-            with torch.no_grad():
-                logits = target(x)
+        for batch in batches:
+            x, y = _check_batch(batch, total)
+            x, y = x.to(model_device(target)), y.to(model_device(target))
+            try:
+                with torch.no_grad():
+                    logits = target(x)
+            except RuntimeError as exc:
+                raise InputError(
+                    f"the model does not accept inputs of shape {tuple(x.shape)}: "
+                    f"{str(exc).splitlines()[0][:200]}"
+                ) from exc
+            if logits.dim() != 2 or int(y.max()) >= logits.shape[1]:
+                raise InputError(
+                    f"labels must lie in 0..{logits.shape[1] - 1} for a model with "
+                    f"{logits.shape[1] if logits.dim() == 2 else '?'} outputs per sample; got "
+                    f"max {int(y.max())} (logits of shape {tuple(logits.shape)})."
+                )
             if sanity and total == 0:
                 flags += _check_outputs(logits)
             n_classes = int(logits.shape[1])

@@ -111,3 +111,45 @@ def test_bad_input(tiny_model) -> None:
         evaluate(tiny_model, _data(), eps=0.1, preset="fast")
     with pytest.raises(ConfigError, match="eps"):
         evaluate(tiny_model, _data(), eps=0)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda x, y: (x, y + 10), r"labels must lie in 0\.\.9"),
+        (lambda x, y: (x, y - 5), "labels must be >= 0"),
+        (lambda x, y: (x, y.float() + 0.7), "class indices"),
+        (lambda x, y: (x, y[:, None]), "1-D tensor"),
+        (lambda x, y: (x.expand(-1, 3, -1, -1), y), "does not accept inputs of shape"),
+        (lambda x, y: (x * float("nan"), y), "NaN or inf"),
+        (lambda x, y: (x * 255, y), r"must lie in \[0, 1\]"),
+        (lambda x, y: (x, y[:3]), "24 inputs but 3 labels"),
+    ],
+)
+def test_bad_data_gets_a_clear_error(tiny_model, change, match) -> None:
+    from atmc_plugin import InputError
+
+    tiny_model.eval()
+    x, y = _data()
+    with pytest.raises(InputError, match=match):
+        evaluate(tiny_model, change(x, y), eps=0.1, sanity=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"eps": float("inf")}, "eps"),
+        ({"eps": 2.0}, "eps"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
+def test_bad_settings_are_refused(tiny_model, kwargs, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        evaluate(tiny_model.eval(), _data(), **{"eps": 0.1, **kwargs})
+
+
+def test_no_data(tiny_model) -> None:
+    from atmc_plugin import InputError
+
+    with pytest.raises(InputError, match="data is None"):
+        evaluate(tiny_model.eval(), None, eps=0.1)
