@@ -215,12 +215,24 @@ def load_compact(path: str | Path) -> dict[str, Tensor]:
     """Rebuild the full state dict written by :func:`save_compact` (load it into the model)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="numpy") as handle:
-        meta = handle.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise InputError(f"{str(path)!r} is not an atmc-plugin compact file ({FORMAT}).")
-        layout = json.loads(meta["layout"])
-        arrays = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            meta = handle.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise InputError(f"{str(path)!r} is not an atmc-plugin compact file ({FORMAT}).")
+            layout = json.loads(meta["layout"])
+            arrays = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    except InputError:
+        raise
+    except Exception as exc:  # safetensors raises its own types for corrupt headers
+        raise InputError(
+            f"{str(path)!r} is corrupt or not a compact file ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''})."
+        ) from exc
+    if not isinstance(layout, dict):
+        raise InputError(f"{str(path)!r}: the layout is not a table of tensors.")
+    for name, info in layout.items():
+        _check_entry(str(path), name, info, arrays)
     state: dict[str, Tensor] = {}
     for name, info in layout.items():
         numel, nnz = info["numel"], info["nnz"]
@@ -243,6 +255,76 @@ def load_compact(path: str | Path) -> dict[str, Tensor]:
         if "::" not in key:
             state[key] = torch.from_numpy(np.ascontiguousarray(array))
     return state
+
+
+MAX_NUMEL = 2**31 - 1
+
+
+def _check_entry(path: str, name: str, info: Any, arrays: dict[str, np.ndarray]) -> None:
+    """Refuse a layout entry that does not describe what its arrays hold (crafted or corrupt
+    files), before anything is allocated from it."""
+
+    def bad(why: str) -> InputError:
+        return InputError(f"{path!r}: tensor {name!r} is malformed: {why}; the file is refused.")
+
+    if not isinstance(info, dict):
+        raise bad("its layout entry is not a table")
+    shape, numel, nnz = info.get("shape"), info.get("numel"), info.get("nnz")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise bad(f"shape {shape!r} is not a list of sizes")
+    if not isinstance(numel, int) or numel != int(np.prod(shape, dtype=np.int64)):
+        raise bad(f"numel {numel!r} does not match shape {shape}")
+    if numel > MAX_NUMEL:
+        raise bad(f"numel {numel} exceeds {MAX_NUMEL}")
+    if not isinstance(nnz, int) or not 0 <= nnz <= numel:
+        raise bad(f"nnz {nnz!r} is not in 0..{numel}")
+    support = arrays.get(f"{name}::support")
+    if support is None:
+        raise bad("its support array is missing")
+    if info.get("support_kind") == "positions":
+        if support.ndim != 1 or support.size != nnz or support.dtype.kind not in "iu":
+            raise bad(f"{support.size} positions for {nnz} non-zeros")
+        if nnz and (int(support.min()) < 0 or int(support.max()) >= numel):
+            raise bad("a position lies outside the tensor")
+    elif info.get("support_kind") == "bitmap":
+        if support.dtype != np.uint8 or support.size != -(-numel // 8):
+            raise bad(f"a bitmap of {support.size} bytes for {numel} entries")
+        if int(np.unpackbits(support)[:numel].sum()) != nnz:
+            raise bad(f"the bitmap does not hold {nnz} non-zeros")
+    else:
+        raise bad(f"support_kind {info.get('support_kind')!r} is unknown")
+    if f"{name}::values" in arrays:
+        values = arrays[f"{name}::values"]
+        if values.size != nnz or not np.isfinite(values).all():
+            raise bad("its values are not nnz finite numbers")
+        return
+    bits = info.get("bits")
+    if not isinstance(bits, int) or not 1 <= bits <= 16:
+        raise bad(f"bits {bits!r} is not in 1..16")
+    codes = arrays.get(f"{name}::codes")
+    if codes is None or codes.dtype != np.uint8 or codes.size < -(-nnz * bits // 8):
+        raise bad(f"its codes do not hold {nnz} codes of {bits} bits")
+    if f"{name}::codebook" in arrays:
+        book = arrays[f"{name}::codebook"]
+        if book.ndim != 1 or not 1 <= book.size <= 2**bits or not np.isfinite(book).all():
+            raise bad(f"its codebook is not 1..{2**bits} finite values")
+        if nnz and int(_unpack_bits(codes, bits, nnz).max()) >= book.size:
+            raise bad("a code points past the codebook")
+        return
+    scale, zero = arrays.get(f"{name}::grid_scale"), arrays.get(f"{name}::grid_zero")
+    blocks = info.get("grid_blocks")
+    if scale is None or zero is None or not isinstance(info.get("grid"), dict):
+        raise bad("it has neither values, a codebook nor a grid")
+    if not (np.isfinite(scale).all() and (scale > 0).all() and np.isfinite(zero).all()):
+        raise bad("its grid scales are not finite and positive")
+    if not isinstance(blocks, list) or sum(blocks) != scale.size or zero.size != scale.size:
+        raise bad("its grid blocks do not match its scales")
+    try:
+        spec = GridSpec(**info["grid"])
+    except (TypeError, ValueError) as exc:
+        raise bad(f"its grid {info['grid']!r} is invalid ({exc})") from exc
+    if spec.bits != bits:
+        raise bad(f"its grid has {spec.bits} bits, its codes {bits}")
 
 
 def _grid_values(

@@ -89,3 +89,49 @@ def test_layer_costs_match_hand_count() -> None:
     assert costs["features.0"] == {"params": 8 * 1 * 9, "macs": 8 * 1 * 9 * 64}
     assert costs["features.7"]["macs"] == 32 * 16 * 9 * 16  # after 2x2 max-pool: 4x4
     assert costs["fc"] == {"params": 32 * 10 + 10, "macs": 32 * 10}
+
+
+def _rewrite(path, change) -> None:
+    """Write ``path`` again with its layout or arrays changed (a crafted file)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(str(path), framework="numpy") as handle:
+        meta = handle.metadata()
+        arrays = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    layout = json.loads(meta["layout"])
+    change(layout, arrays)
+    save_file(arrays, str(path), metadata={**meta, "layout": json.dumps(layout)})
+
+
+def _first(layout) -> str:
+    return next(iter(layout))
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda lay, arr: lay[_first(lay)].update(numel=2**40, shape=[2**20, 2**20]), "exceeds"),
+        (lambda lay, arr: lay[_first(lay)].update(numel=7), "does not match shape"),
+        (lambda lay, arr: lay[_first(lay)].update(bits=0), "bits 0"),
+        (lambda lay, arr: arr[f"{_first(lay)}::codebook"].fill(float("nan")), "codebook"),
+        (lambda lay, arr: lay[_first(lay)].update(nnz=lay[_first(lay)]["nnz"] + 1), "non-zeros"),
+        (lambda lay, arr: arr.pop(f"{_first(lay)}::support"), "support array is missing"),
+    ],
+)
+def test_crafted_compact_files_are_refused(tmp_path, change, match) -> None:
+    model, atmc = _compressed(0.3, 4)
+    path = tmp_path / "model.safetensors"
+    save_compact(path, model, atmc)
+    _rewrite(path, change)
+    with pytest.raises(InputError, match=match):
+        load_compact(path)
+
+
+def test_a_corrupt_header_is_refused(tmp_path) -> None:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"\xff" * 64)
+    with pytest.raises(InputError, match="corrupt or not a compact file"):
+        load_compact(path)
