@@ -1,7 +1,9 @@
 """The ``atmc`` command (also ``python -m atmc_plugin``).
 
 Exit codes: 0 success, 2 bad input (recipe, data, device, folder, checkpoint), 1 failure
-(a diverged run, an error inside a tool), 130 interrupted.
+(a diverged run, an error inside a tool, an I/O error such as a full disk), 130 interrupted
+(SIGINT), 143 terminated (SIGTERM). Every failure ends with one message naming what is kept and
+how to continue; ``--debug`` (or ``ATMC_DEBUG=1``) shows the traceback of unexpected errors.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    p.add_argument("--debug", action="store_true", help="tracebacks for unexpected errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="train, compress, evaluate and report a recipe")
@@ -144,6 +149,25 @@ def _say(text: object) -> None:
 COMMANDS = {"run": _cmd_run, "eval": _cmd_eval, "report": _cmd_report, "plugins": _cmd_plugins}
 
 
+class Terminated(Exception):
+    """SIGTERM arrived (raised by the command's signal handler, so cleanup runs)."""
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    raise Terminated()
+
+
+def _kept(args: argparse.Namespace) -> str:
+    """What an interrupted command leaves behind, and how to continue."""
+    if args.command != "run":
+        return "nothing was changed"
+    out = args.out or f"runs/<{args.recipe.stem} run name>"
+    return (
+        f"the run folder {out} keeps its last completed epoch; continue with "
+        f"`atmc run {args.recipe} --out {out} --resume`"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``atmc``; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -154,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # INC sets its logger's level from LOGLEVEL when it is first imported (default INFO).
     os.environ.setdefault("LOGLEVEL", "WARNING" if not args.quiet else "ERROR")
+    debug = args.debug or os.environ.get("ATMC_DEBUG", "") not in ("", "0")
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, InputError, PluginError) as exc:
@@ -163,8 +190,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return 1
     except KeyboardInterrupt:
-        log.error("interrupted; continue with `atmc run RECIPE --out RUN_DIR --resume`")
+        log.error("interrupted (SIGINT); %s.", _kept(args))
         return 130
+    except Terminated:
+        log.error("terminated (SIGTERM); %s.", _kept(args))
+        return 143
+    except OSError as exc:
+        if debug:
+            raise
+        log.error("I/O error: %s; %s.", exc, _kept(args))
+        return 1
+    except Exception as exc:
+        if debug:
+            raise
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        log.error(
+            "%s: %s; %s. Run with --debug (or ATMC_DEBUG=1) for the traceback.",
+            type(exc).__name__,
+            first,
+            _kept(args),
+        )
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

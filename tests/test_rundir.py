@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -136,3 +137,27 @@ def test_writes_are_atomic_with_consistent_modes_and_temporaries_are_cleaned(
     (tmp_path / ".a.pt.abc.tmp").write_bytes(b"partial")
     assert [p.name for p in remove_stale_temporaries(tmp_path)] == [".a.pt.abc.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_sigint_end_with_a_message_and_a_free_folder(
+    tmp_path: Path, sig: int, code: int
+) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "atmc_plugin", "run", str(TINY), "--out", str(out)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").exists():
+            proc.send_signal(sig)
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert "--resume" in err and "Traceback" not in err
+    assert not (out / "run.lock").exists()
