@@ -117,8 +117,11 @@ def _importance(recipe: Recipe, name: str) -> Any:
     import torch_pruning as tp
     from atmc_plugin_adapters import torchpruning as adapter
 
-    cls = getattr(adapter, name, None) or getattr(tp.importance, name, None)
-    if not isinstance(cls, type):
+    ours = ("ADMMProxyImportance", "RobustTaylorImportance")
+    cls = getattr(adapter, name, None) if name in ours else getattr(tp.importance, name, None)
+    base = tp.importance.Importance
+    is_tp = isinstance(cls, type) and issubclass(cls, base) and cls is not base
+    if not (is_tp or (name in ours and isinstance(cls, type))):
         raise RecipeError(
             f"{recipe.path}: [torch_pruning] importance = {name!r} is neither an atmc-plugin "
             "importance (ADMMProxyImportance, RobustTaylorImportance) nor a "
@@ -130,7 +133,15 @@ def _importance(recipe: Recipe, name: str) -> Any:
             "from Python; use it through atmc_plugin.wrap in your own loop, or pick "
             "ADMMProxyImportance here."
         )
-    return cls()
+    if cls is None:  # unreachable: checked above (keeps the type checker informed)
+        raise RecipeError(f"{recipe.path}: [torch_pruning] importance = {name!r} is unknown.")
+    try:
+        return cls()
+    except TypeError as exc:  # an abstract base or one that needs arguments
+        raise RecipeError(
+            f"{recipe.path}: [torch_pruning] importance = {name!r} cannot be built without "
+            f"arguments ({exc}); pick a concrete importance such as GroupMagnitudeImportance."
+        ) from exc
 
 
 def inc_configs(recipe: Recipe) -> dict[str, Any]:

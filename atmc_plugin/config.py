@@ -137,8 +137,8 @@ class AttackConfig:
                 f"Train with one of {', '.join(TRAINING_ATTACKS)}; evaluate with it instead.",
             )
         _set(self, "name", name)
-        _set(self, "eps", _number(s, "eps", self.eps, low=0.0, low_open=True))
-        _set(self, "steps", _number(s, "steps", self.steps, integer=True, low=1))
+        _set(self, "eps", _number(s, "eps", self.eps, low=0.0, low_open=True, high=1.0))
+        _set(self, "steps", _number(s, "steps", self.steps, integer=True, low=1, high=10_000))
         if self.alpha is not None:
             _set(self, "alpha", _number(s, "alpha", self.alpha, low=0.0, low_open=True))
         _set(self, "random_start", _bool(s, "random_start", self.random_start))

@@ -41,6 +41,18 @@ from .errors import ConfigError, did_you_mean
 
 DATASETS = ("digits", "cifar10")
 MODELS = ("digits_cnn", "mlp", "resnet")
+MAX_COUNT = 10**6  # epochs, batch sizes, limits: anything larger is a typo, not a plan
+MAX_SEED = 2**63 - 1
+# every argument each built-in model takes: (kind, low, high)
+MODEL_ARGS: dict[str, dict[str, tuple[str, int, int]]] = {
+    "digits_cnn": {"width": ("int", 1, 4096), "num_classes": ("int", 2, 100_000)},
+    "mlp": {
+        "hidden": ("ints", 1, 65_536),
+        "in_features": ("int", 1, 10**7),
+        "num_classes": ("int", 2, 100_000),
+    },
+    "resnet": {"depth": ("int", 8, 1202), "num_classes": ("int", 2, 100_000)},
+}
 DEVICES = ("auto", "cpu", "cuda")
 PRESETS = ("quick", "standard")
 INC_ALGORITHMS = ("static", "atmc")
@@ -126,12 +138,12 @@ class _Section:
     def error(self, key: str, value: Any, fix: str) -> RecipeError:
         return RecipeError(f"{self.path}: [{self.name}] {key} = {value!r}: {fix}.")
 
-    def integer(self, key: str, default: int | None, low: int = 0) -> Any:
+    def integer(self, key: str, default: int | None, low: int = 0, high: int = MAX_COUNT) -> Any:
         value = self.data.get(key, default)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise self.error(key, value, f"expected an integer >= {low}")
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.error(key, value, f"expected an integer in [{low}, {high}]")
         return value
 
     def number(self, key: str, default: float, low: float = 0.0, high: float = math.inf) -> float:
@@ -200,14 +212,14 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
             raise data.error("path", None, "cifar10 needs the folder holding data_batch_*.bin")
         data_path = (path.parent / data.string("path", "")).expanduser()
     model_name = model.choice("name", "digits_cnn", MODELS)
-    model_kwargs = {k: v for k, v in model.data.items() if k != "name"}
+    model_kwargs = _model_kwargs(model, model_name)
     spec = TrainSpec(
         pretrain_epochs=train.integer("pretrain_epochs", TrainSpec.pretrain_epochs),
         compress_epochs=train.integer("compress_epochs", TrainSpec.compress_epochs),
         finetune_epochs=train.integer("finetune_epochs", TrainSpec.finetune_epochs),
-        lr=train.number("lr", TrainSpec.lr, low=1e-12),
+        lr=train.number("lr", TrainSpec.lr, low=1e-12, high=100.0),
         momentum=train.number("momentum", TrainSpec.momentum, high=1.0),
-        weight_decay=train.number("weight_decay", TrainSpec.weight_decay),
+        weight_decay=train.number("weight_decay", TrainSpec.weight_decay, high=1.0),
         clean_weight=train.number("clean_weight", TrainSpec.clean_weight, high=1.0),
     )
     try:
@@ -221,7 +233,7 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         path=path,
         raw=dict(raw),
         name=_plain_name(run, run.string("name", path.stem)),
-        seed=run.integer("seed", 0),
+        seed=run.integer("seed", 0, high=MAX_SEED),
         device=run.choice("device", "auto", DEVICES),
         dataset=dataset,
         data_path=data_path,
@@ -310,3 +322,30 @@ def _plain_name(section: _Section, name: str) -> str:
             "choose another folder with --out",
         )
     return name
+
+
+def _model_kwargs(section: _Section, model_name: str) -> dict[str, Any]:
+    """The model's keyword arguments, each checked against what the model takes."""
+    known = MODEL_ARGS[model_name]
+    out: dict[str, Any] = {}
+    for key, value in section.data.items():
+        if key == "name":
+            continue
+        if key not in known:
+            raise section.error(
+                key,
+                value,
+                f"{model_name} takes {', '.join(sorted(known))}"
+                + (f". {hint.strip().rstrip('?')}" if (hint := did_you_mean(key, known)) else ""),
+            )
+        kind, low, high = known[key]
+        items = value if kind == "ints" else [value]
+        ok = isinstance(items, list) and 0 < len(items) <= 64
+        ok = ok and all(
+            isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in items
+        )
+        if not ok:
+            what = "a list of integers" if kind == "ints" else "an integer"
+            raise section.error(key, value, f"expected {what} in [{low}, {high}]")
+        out[key] = value
+    return out

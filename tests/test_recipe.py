@@ -98,3 +98,45 @@ def test_digest_changes_with_content(tmp_path: Path) -> None:
     a = load_recipe(write(tmp_path, "[model]\nname='mlp'\n"))
     b = load_recipe(write(tmp_path, "[model]\nname='mlp'\n[train]\nlr=0.01\n"))
     assert a.digest != b.digest
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "match"),
+    [
+        ("model", "width = -1", r"width = -1: expected an integer in \[1, 4096\]"),
+        ("model", 'width = "wide"', "width = 'wide'"),
+        ("model", "width = 1000000", "width = 1000000"),
+        ("model", "widht = 8", "Did you mean 'width'"),
+        ("train", "lr = 1e308", "lr = 1e"),
+        ("train", "pretrain_epochs = 9223372036854775807", "pretrain_epochs"),
+        ("run", "seed = -1", "seed = -1"),
+    ],
+)
+def test_values_that_used_to_crash_later_are_refused(tmp_path, section, line, match) -> None:
+    text = {
+        "run": "[run]\nname = 'x'\n",
+        "model": "[model]\nname = 'digits_cnn'\n",
+        "train": "[train]\n",
+    }
+    text[section] += line + "\n"
+    path = tmp_path / "r.toml"
+    path.write_text("".join(text.values()))
+    with pytest.raises(RecipeError, match=match):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize("name", ["Importance", "ATMCConfig", "OrderedDict"])
+def test_importance_names_must_be_importances(tmp_path, name) -> None:
+    from atmc_plugin.build import build_pruner, load_data
+
+    path = tmp_path / "r.toml"
+    path.write_text(
+        "[model]\nname = 'digits_cnn'\nwidth = 4\n[data]\ntrain_limit = 32\ntest_limit = 8\n"
+        f"[torch_pruning]\npruner = 'BasePruner'\nimportance = '{name}'\n"
+    )
+    recipe = load_recipe(path)
+    data = load_data(recipe)
+    from atmc_plugin.build import build_model
+
+    with pytest.raises(RecipeError, match="importance"):
+        build_pruner(recipe, build_model(recipe, data), data.example)
