@@ -161,6 +161,16 @@ def inc_configs(recipe: Recipe) -> dict[str, Any]:
                 config = static_config_from_dict(settings)
         except (TypeError, ValueError, KeyError) as exc:  # ConfigError is a ValueError
             raise RecipeError(f"{recipe.path}: [inc.{algo}] {exc}") from exc
+        if algo == "atmc" and config.backend == "rtn":
+            raise RecipeError(
+                f"{recipe.path}: [inc.atmc] backend = 'rtn'"
+                f"{'' if 'backend' in settings else ' (the default)'}: INC's RTN "
+                "replaces the Linear layers with weight-only modules, which the "
+                "fine-tuning stage cannot train and final.pt cannot rebuild. Set "
+                "backend = 'pt2e' (ATMC on INC's int8 grid, add [inc.static] to ship "
+                "int8) or backend = 'none'; for RTN, call quantize(model, "
+                "ATMCQuantConfig(backend='rtn'), run_fn=...) from Python."
+            )
         out[algo] = config
     return out
 

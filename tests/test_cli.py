@@ -289,3 +289,51 @@ def test_plain_atmc_mlp_without_attack_and_factorized(
     assert main(["eval", str(out / "final.pt"), "--device", "cpu"]) == 0
     evaluated = json.loads(capsys.readouterr().out)  # the factorization is rebuilt on load
     assert evaluated["clean"] == results["evaluation"]["compressed"]["clean"]
+
+
+INC_ATMC = """
+[run]
+name = "tiny-inc-atmc"
+seed = 2
+device = "cpu"
+[data]
+train_limit = 256
+test_limit = 60
+[model]
+name = "digits_cnn"
+width = 8
+[train]
+pretrain_epochs = 1
+compress_epochs = 2
+finetune_epochs = 1
+[atmc.attack]
+eps = 0.1
+steps = 2
+[inc.atmc]
+bits = 8
+density = 0.2
+eps = 0.1
+steps = 2
+ramp_steps = 4
+"""
+
+
+@pytest.mark.parametrize("backend", ["pt2e", "none"])
+def test_inc_atmc_recipe_runs_through_the_command(tmp_path: Path, backend: str) -> None:
+    recipe = tmp_path / "inc_atmc.toml"
+    recipe.write_text(INC_ATMC + f'backend = "{backend}"\n')
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["size"]["size_ratio"] <= 0.2 * 8 / 32 + 1e-9
+
+
+@pytest.mark.parametrize("line", ['backend = "rtn"', ""])
+def test_inc_atmc_rtn_is_refused_before_any_work(
+    tmp_path: Path, line: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    recipe = tmp_path / "inc_atmc.toml"
+    recipe.write_text(INC_ATMC + line + "\n")
+    assert main(["run", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
+    assert "backend = 'pt2e'" in caplog.text
