@@ -9,7 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import ATMCError
+from .errors import ATMCError, InputError
+from .io import write_text_atomically
 from .rundir import RunDir
 
 
@@ -168,11 +169,30 @@ def write_report(run: RunDir) -> Path:
             f"{str(run.root)!r} has no results.json: the run has not finished; continue it with "
             "`atmc run RECIPE --out RUN_DIR --resume`."
         )
-    results = json.loads(run.results.read_text(encoding="utf-8"))
+    results = _read_json(run.results)
     info_path = run.root / "run.json"
-    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
-    plot_training(run.read_metrics(), run.root / "training.png")
-    plot_size(results, run.root / "accuracy_vs_size.png")
+    info = _read_json(info_path) if info_path.exists() else {}
+    try:
+        plot_training(run.read_metrics(), run.root / "training.png")
+        plot_size(results, run.root / "accuracy_vs_size.png")
+        text = render(run, info, results)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise InputError(
+            f"{str(run.root)!r}: results.json or metrics.jsonl lacks what the report needs "
+            f"({type(exc).__name__}: {exc}); rerun the run or restore the files."
+        ) from exc
     path = run.root / "report.md"
-    path.write_text(render(run, info, results), encoding="utf-8")
+    write_text_atomically(text, path)
     return path
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"{str(path)!r} is not readable JSON ({exc}); it was not modified."
+        ) from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{str(path)!r} does not hold a JSON object; it was not modified.")
+    return data

@@ -161,3 +161,12 @@ def test_sigterm_and_sigint_end_with_a_message_and_a_free_folder(
     assert proc.returncode == code, err[-2000:]
     assert "--resume" in err and "Traceback" not in err
     assert not (out / "run.lock").exists()
+
+
+def test_report_on_broken_json_is_a_clear_error(reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "results.json").write_text('{"evaluation": ')
+    assert main(["report", str(out)]) == 2
+    (out / "results.json").write_text('{"evaluation": {}}')
+    assert main(["report", str(out)]) == 2

@@ -312,6 +312,17 @@ def test_checkpoint_errors_leave_model_untouched(tmp_path) -> None:
         load_pruned(junk, DigitsCNN(width=8), ex)
     with pytest.raises(InputError, match="example_inputs are on meta"):
         load_pruned(path, DigitsCNN(width=8), torch.rand(1, 1, 8, 8, device="meta"))
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"format": "atmc-torch-pruning", "obj": Exception("x")}, pickled)
+    with pytest.raises(InputError, match="weights-only load refuses"):
+        load_pruned(pickled, DigitsCNN(width=8), ex)
+    flipped = tmp_path / "flipped.pt"
+    payload = torch.load(path, weights_only=True)
+    tensor = next(v for v in payload["model"].values() if v.is_floating_point() and v.numel())
+    tensor.view(-1)[0] += 1.0  # the stored sha256 is the old content's
+    torch.save(payload, flipped)
+    with pytest.raises(InputError, match="corrupt"):
+        load_pruned(flipped, DigitsCNN(width=8), ex)
 
 
 def test_bad_input() -> None:

@@ -17,13 +17,14 @@ from torch import nn
 
 from atmc_plugin import InputError
 from atmc_plugin.adversary import model_device
-from atmc_plugin.io import save_atomically
+from atmc_plugin.io import content_digest, save_atomically
 from atmc_plugin.modes import preserved_modes
 
 if TYPE_CHECKING:
     from .pruner import ATMCPruner
 
 FORMAT = "atmc-torch-pruning"
+DIGEST_KEY = "sha256"
 VERSION = 1
 
 
@@ -37,7 +38,7 @@ def save_pruned(path: str | Path, pruner: ATMCPruner, extra: dict[str, Any] | No
         "config": pruner.atmc.config.to_dict(),
         "extra": extra or {},
     }
-    save_atomically(payload, path)
+    save_atomically({**payload, DIGEST_KEY: content_digest(payload)}, path)
 
 
 def load_pruned(path: str | Path, model: nn.Module, example_inputs: Any) -> dict[str, Any]:
@@ -52,10 +53,23 @@ def load_pruned(path: str | Path, model: nn.Module, example_inputs: Any) -> dict
 
     try:
         payload = torch.load(path, weights_only=True, map_location="cpu")
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise InputError(f"cannot read checkpoint {str(path)!r}: {exc}") from exc
+    except Exception as exc:  # torch raises many types, pickle's UnpicklingError among them
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise InputError(
+            f"cannot read checkpoint {str(path)!r} ({type(exc).__name__}: {first}): it is "
+            "missing, corrupt, or holds pickled objects that a weights-only load refuses."
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"{str(path)!r} is not an atmc-plugin Torch-Pruning checkpoint.")
+    digest = payload.pop(DIGEST_KEY, None)
+    if digest is not None and digest != content_digest(payload):
+        raise InputError(
+            f"checkpoint {str(path)!r} is corrupt: its content does not match the sha256 "
+            "written with it."
+        )
+    for key in ("model", "pruner", "config", "extra"):
+        if key not in payload:
+            raise InputError(f"{str(path)!r} lacks its {key!r} entry; it is not a full checkpoint.")
     device = model_device(model)
     _check_device(example_inputs, device)
     history = payload["pruner"]["pruning_history"]
