@@ -217,7 +217,7 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         pretrain_epochs=train.integer("pretrain_epochs", TrainSpec.pretrain_epochs),
         compress_epochs=train.integer("compress_epochs", TrainSpec.compress_epochs),
         finetune_epochs=train.integer("finetune_epochs", TrainSpec.finetune_epochs),
-        lr=train.number("lr", TrainSpec.lr, low=1e-12, high=100.0),
+        lr=train.number("lr", TrainSpec.lr, low=1e-12, high=1e6),
         momentum=train.number("momentum", TrainSpec.momentum, high=1.0),
         weight_decay=train.number("weight_decay", TrainSpec.weight_decay, high=1.0),
         clean_weight=train.number("clean_weight", TrainSpec.clean_weight, high=1.0),

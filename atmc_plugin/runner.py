@@ -273,12 +273,18 @@ class Trainer:
         }
 
     def _diverged(self, stage: str, epoch: int, step: int, what: str) -> DivergedError:
-        where = self.run_dir.last if self.run_dir is not None else "(no run folder)"
+        if self.run_dir is not None and self.run_dir.last.exists():
+            kept = f"The last good checkpoint is kept at {self.run_dir.last}."
+        else:
+            kept = "No epoch had finished, so there is no checkpoint to go back to."
         eps = self.recipe.atmc.attack.eps if self.recipe.atmc.attack else None
+        fixes = [f"[train] lr (now {self.recipe.train.lr:g})", f"[atmc.attack] eps (now {eps})"]
+        atmc = self.atmc.config if self.atmc is not None else self.recipe.atmc
+        if stage != "pretrain" and atmc.constraint.quantized:
+            fixes.append(f"[atmc.admm] rho (now {atmc.admm.rho:g})")
         return DivergedError(
             f"training diverged in stage {stage!r}, epoch {epoch + 1}, step {step + 1}: {what}. "
-            f"The last good checkpoint is kept at {where}. Lower [train] lr (now "
-            f"{self.recipe.train.lr:g}) or [atmc.attack] eps (now {eps}) in a new recipe."
+            f"{kept} Lower {', '.join(fixes[:-1])} or {fixes[-1]} in a new recipe."
         )
 
     def test_accuracy(self) -> float:

@@ -174,11 +174,12 @@ def test_diverging_run_stops_with_a_clear_message(tmp_path: Path) -> None:
     text = TINY.read_text().replace("lr = 0.05", "lr = 0.05\nclean_weight = 1.0")
     # Pre-training is fine; the compress stage's lr (lr / 2) is not: use a huge lr throughout
     # and one good pre-training epoch is impossible, so divergence is provoked in pretraining.
-    recipe.write_text(text.replace("lr = 0.05", "lr = 1e30"))
+    recipe.write_text(text.replace("lr = 0.05", "lr = 1e6"))
     done = atmc("run", str(recipe), "--out", str(tmp_path / "o"), "--no-progress")
     assert done.returncode == 1
     assert "diverged in stage 'pretrain'" in done.stderr
     assert "Lower [train] lr" in done.stderr
+    assert "no checkpoint to go back to" in done.stderr  # none is claimed when none exists
 
 
 def test_divergence_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
