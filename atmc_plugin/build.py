@@ -192,4 +192,18 @@ def check_recipe(recipe: Recipe, device: torch.device) -> Data:
     if recipe.torch_pruning is not None:
         build_pruner(recipe, model, example)
     inc_configs(recipe)
+    _check_constraint_fits(recipe, model)
     return data
+
+
+def _check_constraint_fits(recipe: Recipe, model: nn.Module) -> None:
+    """The constraint against this model (layers selected, budget within the weights), on a
+    copy, so that a bad include pattern or nnz fails before pre-training."""
+    import copy
+
+    from .core import ATMC
+
+    try:
+        ATMC(copy.deepcopy(model), recipe.atmc)
+    except ATMCError as exc:
+        raise RecipeError(f"{recipe.path}: [atmc] {exc}") from exc

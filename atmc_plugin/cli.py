@@ -72,6 +72,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
+    if args.seed is not None and not 0 <= args.seed <= 2**63 - 1:
+        raise ConfigError(f"--seed {args.seed} is out of range; give an integer in [0, 2**63 - 1].")
     if args.seed is not None:
         raw = {**recipe.raw, "run": {**recipe.raw.get("run", {}), "seed": args.seed}}
         recipe = dataclasses.replace(recipe, raw=raw, seed=args.seed)

@@ -140,3 +140,31 @@ def test_importance_names_must_be_importances(tmp_path, name) -> None:
 
     with pytest.raises(RecipeError, match="importance"):
         build_pruner(recipe, build_model(recipe, data), data.example)
+
+
+@pytest.mark.parametrize(
+    ("section", "match"),
+    [
+        ("[atmc.constraint]\nnnz = 1000000000\n", "exceeds the"),
+        ("[atmc.constraint]\ndensity = 0.1\ninclude = ['nothing*']\n", "select no Conv or Linear"),
+    ],
+)
+def test_the_constraint_is_checked_against_the_model_before_training(
+    tmp_path, section, match
+) -> None:
+    path = tmp_path / "r.toml"
+    path.write_text(
+        "[model]\nname = 'digits_cnn'\nwidth = 4\n[data]\ntrain_limit = 32\ntest_limit = 8\n"
+        + section
+    )
+    with pytest.raises(RecipeError, match=match):
+        check_recipe(load_recipe(path), torch.device("cpu"))
+
+
+def test_seed_override_out_of_range(tmp_path) -> None:
+    from atmc_plugin.cli import main
+
+    path = tmp_path / "r.toml"
+    path.write_text("[model]\nname = 'digits_cnn'\nwidth = 4\n")
+    assert main(["run", str(path), "--out", str(tmp_path / "o"), "--seed", str(2**70)]) == 2
+    assert not (tmp_path / "o").exists()
