@@ -62,6 +62,8 @@ def _run(
         run = RunDir.prepare(out, recipe, resume, is_writer=ctx.is_writer)
         if resume and run.last.exists():
             checkpoint = load_checkpoint(run.last, recipe)
+            if run.dense.exists():  # needed at the end: a corrupt one must fail now
+                load_checkpoint(run.dense, recipe)
         elif resume:
             _check_same_recipe(run, recipe)
     except ATMCError as exc:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
+import pickle
 import socket
 import tempfile
 import time
@@ -128,7 +128,7 @@ class RunDir:
                 log.info("removed %s, left by an interrupted write", stale)
         snapshot = root / "recipe.toml"
         if not resume and Path(recipe.path).resolve() != snapshot.resolve():
-            shutil.copyfile(recipe.path, snapshot)
+            write_text_atomically(Path(recipe.path).read_text(encoding="utf-8"), snapshot)
 
     # -- the lock ------------------------------------------------------------------------------
     def acquire(self) -> None:
@@ -262,10 +262,17 @@ def read_tagged(path: Path, fmt: str) -> dict[str, Any]:
         payload = torch.load(path, weights_only=True, map_location="cpu")
     except FileNotFoundError as exc:
         raise InputError(f"checkpoint {str(path)!r} does not exist.") from exc
-    except Exception as exc:  # torch raises many types for corrupt or pickled files
+    except pickle.UnpicklingError as exc:
         raise InputError(
-            f"checkpoint {str(path)!r} is corrupt or not a weights-only atmc checkpoint "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); it was not modified. "
+            f"{str(path)!r} holds pickled Python objects, which a weights-only load refuses "
+            "because unpickling can run arbitrary code; atmc files never need it. It was not "
+            "modified. If it is not from atmc, load it yourself only if you trust its source."
+        ) from exc
+    except Exception as exc:  # torch raises many types for corrupt files
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise InputError(
+            f"checkpoint {str(path)!r} is corrupt or not an atmc checkpoint "
+            f"({type(exc).__name__}: {first}); it was not modified. "
             "Delete it to start over, or resume from a copy."
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != fmt:

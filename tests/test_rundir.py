@@ -170,3 +170,21 @@ def test_report_on_broken_json_is_a_clear_error(reference: Path, tmp_path: Path)
     assert main(["report", str(out)]) == 2
     (out / "results.json").write_text('{"evaluation": {}}')
     assert main(["report", str(out)]) == 2
+
+
+def test_a_pickled_file_is_refused_with_the_reason(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    torch.save({"format": "atmc-run-checkpoint", "obj": Exception("x")}, path)
+    with pytest.raises(InputError, match=r"pickled Python objects.*arbitrary code"):
+        load_checkpoint(path)
+
+
+def test_a_corrupt_dense_checkpoint_fails_before_the_resumed_training(
+    reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "checkpoints" / "dense.pt").write_bytes(b"garbage")
+    started = time.monotonic()
+    assert main(["run", str(TINY), "--out", str(out), "--resume", "--no-progress"]) == 2
+    assert time.monotonic() - started < 60
