@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 MARKER = ".atmc-run"
 LOCK = "run.lock"
 DIGEST_KEY = "sha256"
+WRITE_TEST = ".write-test-"
 
 CHECKPOINT_FORMAT = "atmc-run-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -85,7 +86,7 @@ class RunDir:
             return run
         try:
             root.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
+            with tempfile.NamedTemporaryFile(dir=root, prefix=WRITE_TEST):
                 pass
         except OSError as exc:
             raise RecipeError(
@@ -113,7 +114,12 @@ class RunDir:
                     f"output folder {str(root)!r} already holds a run; pass --resume to continue "
                     "it or --out with a new folder (nothing was overwritten)."
                 )
-            foreign = sorted(p.name for p in root.iterdir() if p.name != LOCK)
+            ours = (LOCK, MARKER)  # and leftovers of our own interrupted starts:
+            foreign = sorted(
+                p.name
+                for p in root.iterdir()
+                if p.name not in ours and not p.name.startswith(WRITE_TEST)
+            )
             if foreign:
                 raise RecipeError(
                     f"output folder {str(root)!r} is not empty and not an atmc run folder (it "
@@ -126,6 +132,8 @@ class RunDir:
         for folder in (root, self.checkpoints):
             for stale in remove_stale_temporaries(folder):
                 log.info("removed %s, left by an interrupted write", stale)
+        for stale in root.glob(f"{WRITE_TEST}*"):
+            stale.unlink(missing_ok=True)
         snapshot = root / "recipe.toml"
         if not resume and Path(recipe.path).resolve() != snapshot.resolve():
             write_text_atomically(Path(recipe.path).read_text(encoding="utf-8"), snapshot)

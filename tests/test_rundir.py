@@ -188,3 +188,39 @@ def test_a_corrupt_dense_checkpoint_fails_before_the_resumed_training(
     started = time.monotonic()
     assert main(["run", str(TINY), "--out", str(out), "--resume", "--no-progress"]) == 2
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.slow
+def test_killed_at_ten_random_points_the_run_resumes_to_the_same_results(
+    reference: Path, tmp_path: Path
+) -> None:
+    """Fault injection: SIGKILL at 10 random moments (before the first checkpoint, mid-epoch,
+    mid-save), each time resuming the same folder; the end must equal an uninterrupted run."""
+    import random
+
+    rng = random.Random(0)
+    out = tmp_path / "run"
+    epochs = len(_epochs(reference))
+    points = sorted(rng.randrange(0, epochs) for _ in range(10))
+    cmd = [sys.executable, "-m", "atmc_plugin", "run", str(TINY), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    kills = 0
+    for point in points:
+        resume = ["--resume"] if (out / ".atmc-run").exists() else []
+        proc = subprocess.Popen([*cmd, *resume], env=env, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(_epochs(out)) >= point:
+                time.sleep(rng.uniform(0.0, 1.5))  # somewhere inside the next epoch or save
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        proc.wait(timeout=120)
+        kills += proc.returncode == -signal.SIGKILL
+    assert kills >= 8, f"only {kills} of 10 runs were killed before they finished"
+    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _epochs(out) == _epochs(reference)
+    ours = json.loads((out / "results.json").read_text())
+    theirs = json.loads((reference / "results.json").read_text())
+    assert ours["evaluation"] == theirs["evaluation"] and ours["size"] == theirs["size"]
