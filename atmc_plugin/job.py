@@ -183,19 +183,28 @@ def load_final(path: Path, device: torch.device) -> tuple[Recipe, Data, nn.Modul
     from .recipe import recipe_from_dict
 
     payload = read_tagged(path, FINAL_FORMAT)
-    recipe = recipe_from_dict(payload["recipe"], Path(payload["recipe_path"]))
-    data = load_data(recipe)
-    torch.manual_seed(recipe.seed)
-    model = build_model(recipe, data).to(device)
-    if payload["pruner"] is not None:
-        import torch_pruning as tp
+    try:
+        recipe = recipe_from_dict(payload["recipe"], Path(payload["recipe_path"]))
+        data = load_data(recipe)
+        torch.manual_seed(recipe.seed)
+        model = build_model(recipe, data).to(device)
+        if payload["pruner"] is not None:
+            import torch_pruning as tp
 
-        with preserved_modes(model):
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=data.example)
-            graph.load_pruning_history(payload["pruner"]["pruning_history"])
-    elif payload["atmc"] is not None and recipe.atmc.constraint.factorize:
-        ATMC(model, recipe.atmc)  # re-creates the low-rank + sparse parametrization
-    model.load_state_dict(payload["model"])
+            with preserved_modes(model):
+                graph = tp.DependencyGraph().build_dependency(model, example_inputs=data.example)
+                graph.load_pruning_history(payload["pruner"]["pruning_history"])
+        elif payload["atmc"] is not None and recipe.atmc.constraint.factorize:
+            ATMC(model, recipe.atmc)  # re-creates the low-rank + sparse parametrization
+        model.load_state_dict(payload["model"])
+    except ATMCError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        raise InputError(
+            f"{str(path)!r} does not describe a model this atmc-plugin can rebuild "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+            "it was not modified."
+        ) from exc
     model.eval()
     return recipe, data, model, ship(recipe, model, data)
 

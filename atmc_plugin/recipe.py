@@ -247,7 +247,7 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         torch_pruning=tp_section,
         inc=inc,
         preset=ev.choice("preset", "quick", PRESETS),
-        eps=ev.number("eps", default_eps, low=1e-12),
+        eps=ev.number("eps", default_eps, low=1e-12, high=1.0),
         eval_limit=ev.integer("limit", None, low=1),
         latency_batch=ev.integer("latency_batch", 256, low=1),
     )

@@ -226,3 +226,35 @@ def test_killed_at_ten_random_points_the_run_resumes_to_the_same_results(tmp_pat
     ours = json.loads((out / "results.json").read_text())
     theirs = json.loads((reference / "results.json").read_text())
     assert ours["evaluation"] == theirs["evaluation"] and ours["size"] == theirs["size"]
+
+
+def test_a_crafted_final_checkpoint_is_refused(reference: Path, tmp_path: Path) -> None:
+    from atmc_plugin.rundir import sealed
+
+    final = tmp_path / "final.pt"
+    payload = torch.load(reference / "final.pt", weights_only=True)
+    payload.pop("sha256")
+    payload["model"] = {"nonsense": torch.zeros(3)}
+    save_atomically(sealed(payload), final)  # well-formed and sealed, but not this model
+    assert main(["eval", str(final), "--device", "cpu"]) == 2
+
+
+def test_two_runs_on_one_folder(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "atmc_plugin", "run", str(TINY), "--out", str(out)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "run.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert main(["run", str(TINY), "--out", str(out)]) == 2
+        assert main(["run", str(TINY), "--out", str(out), "--resume"]) == 2
+        assert proc.poll() is None  # the first run goes on, undisturbed
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    assert proc.returncode == 143
