@@ -207,3 +207,10 @@ def _check_constraint_fits(recipe: Recipe, model: nn.Module) -> None:
         ATMC(copy.deepcopy(model), recipe.atmc)
     except ATMCError as exc:
         raise RecipeError(f"{recipe.path}: [atmc] {exc}") from exc
+    inc_atmc = inc_configs(recipe).get("atmc")
+    if inc_atmc is not None:  # its attack (maybe a plugin's) and budget, on this model
+        ops = [name for name, _type in inc_atmc.get_model_info(model)]
+        try:
+            ATMC(copy.deepcopy(model), inc_atmc.to_atmc(ops))
+        except ATMCError as exc:
+            raise RecipeError(f"{recipe.path}: [inc.atmc] {exc}") from exc

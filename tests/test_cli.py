@@ -118,7 +118,7 @@ def test_existing_run_is_not_overwritten(finished_run: Path) -> None:
     assert (finished_run / "metrics.jsonl").read_bytes() == before
 
 
-@pytest.mark.parametrize("content", [b"not a checkpoint", None])
+@pytest.mark.parametrize("content", [b"not a checkpoint", b"", None])
 def test_corrupt_or_foreign_checkpoint_is_refused_and_kept(
     tmp_path: Path, content: bytes | None, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -338,3 +338,27 @@ def test_inc_atmc_rtn_is_refused_before_any_work(
     assert main(["run", str(recipe), "--out", str(tmp_path / "run")]) == 2
     assert not (tmp_path / "run").exists()
     assert "backend = 'pt2e'" in caplog.text
+
+
+@pytest.mark.parametrize("line", ['attack = "nosuch"', "density = 0"])
+def test_inc_atmc_values_fail_before_pretraining(
+    tmp_path: Path, line: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    recipe = tmp_path / "inc_atmc.toml"
+    recipe.write_text(INC_ATMC + 'backend = "none"\n' + line + "\n")
+    assert main(["run", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_io_error_ends_with_one_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import atmc_plugin.job
+
+    def full_disk(*_args: object, **_kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atmc_plugin.job, "run_recipe", full_disk)
+    assert main(["run", str(TINY), "--out", str(tmp_path / "o")]) == 1
+    assert "No space left on device" in caplog.text and "--resume" in caplog.text
+    assert "Traceback" not in caplog.text

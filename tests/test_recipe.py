@@ -107,6 +107,7 @@ def test_digest_changes_with_content(tmp_path: Path) -> None:
         ("model", 'width = "wide"', "width = 'wide'"),
         ("model", "width = 1000000", "width = 1000000"),
         ("model", "widht = 8", "Did you mean 'width'"),
+        ("model", "hidden = [-5]", "hidden"),
         ("train", "lr = 1e308", "lr = 1e"),
         ("train", "pretrain_epochs = 9223372036854775807", "pretrain_epochs"),
         ("run", "seed = -1", "seed = -1"),
