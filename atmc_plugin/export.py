@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from .engine.intgrid import GridSpec, element_grid, grid_codes, grid_values
 from .errors import InputError
+from .io import replace_atomically
 from .modes import preserved_modes
 
 FORMAT = "atmc-compact/1"
@@ -207,7 +208,8 @@ def save_compact(path: str | Path, model: nn.Module, atmc: Any) -> StorageReport
         layout[name] = meta
     for name, tensor in rest.items():
         arrays[name] = tensor.detach().cpu().numpy()
-    save_file(arrays, str(path), metadata={"format": FORMAT, "layout": json.dumps(layout)})
+    metadata = {"format": FORMAT, "layout": json.dumps(layout)}
+    replace_atomically(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
     return _report(compressed, rest)
 
 

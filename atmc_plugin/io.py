@@ -22,7 +22,9 @@ FILE_MODE = 0o644
 TMP_SUFFIX = ".tmp"
 
 
-def _replace_atomically(path: str | Path, write: Callable[[str], None]) -> None:
+def replace_atomically(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp)`` to fill a temporary file beside ``path``, fsync it, give it mode
+    0644 and rename it over ``path`` (for writers that take a file name, like safetensors)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TMP_SUFFIX)
@@ -57,7 +59,7 @@ def save_atomically(payload: Any, path: str | Path) -> None:
 
     A crash or interruption leaves either the old file or the new one, never a partial file.
     """
-    _replace_atomically(path, lambda tmp: torch.save(payload, tmp))
+    replace_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 def write_text_atomically(text: str, path: str | Path) -> None:
@@ -66,7 +68,7 @@ def write_text_atomically(text: str, path: str | Path) -> None:
     def write(tmp: str) -> None:
         Path(tmp).write_text(text, encoding="utf-8")
 
-    _replace_atomically(path, write)
+    replace_atomically(path, write)
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

@@ -135,3 +135,11 @@ def test_a_corrupt_header_is_refused(tmp_path) -> None:
     path.write_bytes(b"\xff" * 64)
     with pytest.raises(InputError, match="corrupt or not a compact file"):
         load_compact(path)
+
+
+def test_the_compact_file_is_written_atomically_with_mode_644(tmp_path) -> None:
+    model, atmc = _compressed(0.3, 4)
+    path = tmp_path / "model.safetensors"
+    save_compact(path, model, atmc)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
