@@ -208,7 +208,7 @@ def save_compact(path: str | Path, model: nn.Module, atmc: Any) -> StorageReport
         layout[name] = meta
     for name, tensor in rest.items():
         arrays[name] = tensor.detach().cpu().numpy()
-    metadata = {"format": FORMAT, "layout": json.dumps(layout)}
+    metadata = {"format": FORMAT, "layout": json.dumps(layout), "sha256": _arrays_digest(arrays)}
     replace_atomically(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
     return _report(compressed, rest)
 
@@ -233,6 +233,11 @@ def load_compact(path: str | Path) -> dict[str, Tensor]:
         ) from exc
     if not isinstance(layout, dict):
         raise InputError(f"{str(path)!r}: the layout is not a table of tensors.")
+    digest = meta.get("sha256")
+    if digest is not None and digest != _arrays_digest(arrays):
+        raise InputError(
+            f"{str(path)!r} is corrupt: its arrays do not match the sha256 written with them."
+        )
     for name, info in layout.items():
         _check_entry(str(path), name, info, arrays)
     state: dict[str, Tensor] = {}
@@ -260,6 +265,18 @@ def load_compact(path: str | Path) -> dict[str, Tensor]:
 
 
 MAX_NUMEL = 2**31 - 1
+
+
+def _arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over every array's name, dtype, shape and bytes, in name order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def _check_entry(path: str, name: str, info: Any, arrays: dict[str, np.ndarray]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import time
@@ -17,7 +16,7 @@ from .build import Data, build_model, check_recipe, resolve_device
 from .errors import ATMCError, InputError
 from .modes import preserved_modes
 from .recipe import Recipe, RecipeError
-from .rundir import RunDir, load_checkpoint, read_tagged
+from .rundir import RunDir, load_checkpoint, read_json, read_tagged
 from .runner import Trainer, train_batches
 
 log = logging.getLogger(__name__)
@@ -83,10 +82,9 @@ def _run(
 def _check_same_recipe(run: RunDir, recipe: Recipe) -> None:
     """Resuming a run killed before its first checkpoint: it must be the same recipe."""
     info = run.root / "run.json"
-    try:
-        digest = json.loads(info.read_text(encoding="utf-8")).get("recipe_digest")
-    except (OSError, ValueError, AttributeError):
+    if not info.exists():
         return  # killed before run.json was written: nothing to compare against
+    digest = read_json(info).get("recipe_digest")
     if digest is not None and digest != recipe.digest:
         raise RecipeError(
             f"--resume: {str(run.root)!r} was started with a different recipe (digest {digest} "

@@ -5,13 +5,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from .errors import ATMCError, InputError
 from .io import write_text_atomically
-from .rundir import RunDir
+from .rundir import RunDir, read_json
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -169,9 +168,9 @@ def write_report(run: RunDir) -> Path:
             f"{str(run.root)!r} has no results.json: the run has not finished; continue it with "
             "`atmc run RECIPE --out RUN_DIR --resume`."
         )
-    results = _read_json(run.results)
+    results = read_json(run.results)
     info_path = run.root / "run.json"
-    info = _read_json(info_path) if info_path.exists() else {}
+    info = read_json(info_path) if info_path.exists() else {}
     try:
         plot_training(run.read_metrics(), run.root / "training.png")
         plot_size(results, run.root / "accuracy_vs_size.png")
@@ -184,15 +183,3 @@ def write_report(run: RunDir) -> Path:
     path = run.root / "report.md"
     write_text_atomically(text, path)
     return path
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(
-            f"{str(path)!r} is not readable JSON ({exc}); it was not modified."
-        ) from exc
-    if not isinstance(data, dict):
-        raise InputError(f"{str(path)!r} does not hold a JSON object; it was not modified.")
-    return data

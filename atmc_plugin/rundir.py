@@ -215,8 +215,11 @@ class RunDir:
         kept = self.read_metrics()[:count]
         write_text_atomically("".join(json.dumps(r) + "\n" for r in kept), self.metrics)
 
-    def write_json(self, path: Path, data: Any) -> None:
-        write_text_atomically(json.dumps(data, indent=1, default=str) + "\n", path)
+    def write_json(self, path: Path, data: dict[str, Any]) -> None:
+        """Write ``data`` as JSON with a ``sha256`` of its content (see :func:`read_json`)."""
+        plain = json.loads(json.dumps(data, default=str))
+        sealed_data = {**plain, DIGEST_KEY: _json_digest(plain)}
+        write_text_atomically(json.dumps(sealed_data, indent=1) + "\n", path)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, path: Path, state: dict[str, Any], recipe: Recipe) -> None:
@@ -227,6 +230,35 @@ class RunDir:
             **state,
         }
         save_atomically(sealed(payload), path)
+
+
+def _json_digest(data: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object written by :meth:`RunDir.write_json`, its sha256 verified (files without
+    one, from older versions, are read as they are).
+
+    :raises InputError: unreadable, not an object, or its content does not match its sha256.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"{str(path)!r} is not readable JSON ({exc}); it was not modified."
+        ) from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{str(path)!r} does not hold a JSON object; it was not modified.")
+    digest = data.pop(DIGEST_KEY, None)
+    if digest is not None and digest != _json_digest(data):
+        raise InputError(
+            f"{str(path)!r} was changed or corrupted after it was written (its sha256 does not "
+            "match); it was not modified. Rerun the run, or restore the file."
+        )
+    return data
 
 
 def sealed(payload: dict[str, Any]) -> dict[str, Any]:

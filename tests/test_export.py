@@ -91,7 +91,7 @@ def test_layer_costs_match_hand_count() -> None:
     assert costs["fc"] == {"params": 32 * 10 + 10, "macs": 32 * 10}
 
 
-def _rewrite(path, change) -> None:
+def _rewrite(path, change, keep_digest: bool = True) -> None:
     """Write ``path`` again with its layout or arrays changed (a crafted file)."""
     import json
 
@@ -103,6 +103,8 @@ def _rewrite(path, change) -> None:
         arrays = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
     layout = json.loads(meta["layout"])
     change(layout, arrays)
+    if not keep_digest:
+        meta.pop("sha256")
     save_file(arrays, str(path), metadata={**meta, "layout": json.dumps(layout)})
 
 
@@ -125,7 +127,7 @@ def test_crafted_compact_files_are_refused(tmp_path, change, match) -> None:
     model, atmc = _compressed(0.3, 4)
     path = tmp_path / "model.safetensors"
     save_compact(path, model, atmc)
-    _rewrite(path, change)
+    _rewrite(path, change, keep_digest=False)  # crafted: no digest to betray it
     with pytest.raises(InputError, match=match):
         load_compact(path)
 
@@ -143,3 +145,18 @@ def test_the_compact_file_is_written_atomically_with_mode_644(tmp_path) -> None:
     save_compact(path, model, atmc)
     assert path.stat().st_mode & 0o777 == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
+def test_a_flipped_value_in_the_compact_file_is_detected(tmp_path) -> None:
+    model, atmc = _compressed(0.3, 4)
+    path = tmp_path / "model.safetensors"
+    save_compact(path, model, atmc)
+
+    def flip(layout, arrays):
+        name = next(k for k in arrays if "::" not in k and arrays[k].size)
+        arrays[name] = arrays[name].copy()
+        arrays[name].reshape(-1)[0] += 1.0
+
+    _rewrite(path, flip)
+    with pytest.raises(InputError, match="corrupt: its arrays do not match"):
+        load_compact(path)

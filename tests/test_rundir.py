@@ -170,6 +170,12 @@ def test_report_on_broken_json_is_a_clear_error(reference: Path, tmp_path: Path)
     assert main(["report", str(out)]) == 2
     (out / "results.json").write_text('{"evaluation": {}}')
     assert main(["report", str(out)]) == 2
+    shutil.copy(reference / "results.json", out / "results.json")
+    assert main(["report", str(out)]) == 0
+    edited = json.loads((out / "results.json").read_text())
+    edited["train_seconds"] = 1.0  # a changed number, the stored sha256 left as it was
+    (out / "results.json").write_text(json.dumps(edited))
+    assert main(["report", str(out)]) == 2
 
 
 def test_a_pickled_file_is_refused_with_the_reason(tmp_path: Path) -> None:
