@@ -365,17 +365,17 @@ def test_classifier_not_ignored_warns() -> None:
         atmc_plugin.wrap(pruner, CFG)
 
 
-def test_budget_already_undercut_is_refused_before_any_change() -> None:
-    model, ex, pruner, opt = _digits_setup(ratio=0.9, steps=2)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+def test_a_budget_the_structure_already_meets_is_a_warning_with_the_numbers() -> None:
+    _model, ex, pruner, opt = _digits_setup(ratio=0.9, steps=2)
     cfg = ATMCConfig.from_dict({"attack": False, "constraint": {"density": 0.5}})
-    with pytest.raises(ConfigError, match=r"leaves \d+ of the \d+ compressible weights \(exact\)"):
-        atmc_plugin.wrap(pruner, cfg, optimizer=opt, example_inputs=ex)
-    assert pruner.current_step == 0 and not opt.state
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    assert [p.shape for p in model.parameters()] == [
-        v.shape for k, v in before.items() if "running" not in k and "num_batches" not in k
-    ]
+    with pytest.warns(UserWarning, match=r"leaves \d+ of the \d+ compressible weights \(exact\)"):
+        wrapped = atmc_plugin.wrap(pruner, cfg, optimizer=opt, example_inputs=ex)
+    for _ in range(2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wrapped.step()
+    report = wrapped.finalize().elementwise
+    assert report.nnz <= wrapped.target_budget  # the constraint holds: it was met structurally
 
 
 def test_structural_pruning_undercutting_the_budget_warns() -> None:

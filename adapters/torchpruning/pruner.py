@@ -307,7 +307,11 @@ def _check_budget_not_undercut(
     layers: list[tuple[str, nn.Module]],
     example_inputs: Any,
 ) -> None:
-    """Dry-run the structural schedule on a copy; refuse a budget it already undercuts.
+    """Dry-run the structural schedule on a copy; warn when it already meets the budget.
+
+    A user who asks for at most ``k`` non-zeros and whose channel pruning leaves fewer has a
+    satisfied constraint: the elementwise budget is then inactive, which is worth saying (with
+    the numbers) but is not an error.
 
     Needs ``example_inputs``. A fresh magnitude pruner with the same ratio, steps, scope and
     ignored layers prunes a deep copy of the model: exact for local pruning, an estimate for
@@ -345,13 +349,16 @@ def _check_budget_not_undercut(
         for _ in range(pruner.iterative_steps):
             trial.step()
     left = sum(layer_weight(by_name[n]).numel() for n, _ in layers)
-    if left < budget:
+    if left <= budget:
         scope = "estimated for global pruning" if pruner.global_pruning else "exact"
-        raise ConfigError(
+        warnings.warn(
             f"structural pruning (pruning_ratio = {pruner.pruning_ratio}) leaves {left} of the "
-            f"{dense} compressible weights ({scope}), already fewer than the ATMC budget of "
-            f"{budget}: the elementwise constraint would never bind. Lower constraint.density "
-            "(or nnz) below the structural ratio, or lower pruning_ratio."
+            f"{dense} compressible weights ({scope}), within the ATMC budget of {budget} "
+            f"({budget / dense:.3g} of dense): the elementwise sparsity budget will be inactive "
+            "once the pruner's steps are done (quantization and the attack still apply). Lower "
+            "constraint.density (or nnz) below the structural ratio if you want elementwise "
+            "sparsity too.",
+            stacklevel=3,
         )
 
 
