@@ -180,15 +180,17 @@ class RunDir:
 
     # -- metrics -------------------------------------------------------------------------------
     def log_metrics(self, record: dict[str, Any]) -> None:
+        """Append one record (with a ``sha256`` of its content, checked by :meth:`read_metrics`)."""
         with self.metrics.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(_metrics_line(record))
             f.flush()
             os.fsync(f.fileno())
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The metric records; a torn last line (a kill mid-write) is dropped with a warning.
 
-        :raises InputError: a line other than the last is not JSON (the file is left as is).
+        :raises InputError: a line other than the last is not JSON, or a record does not match
+            its sha256 (the file is left as is).
         """
         if not self.metrics.exists():
             return []
@@ -207,13 +209,19 @@ class RunDir:
                     f"{str(self.metrics)!r} line {i + 1} is not a JSON record ({exc}); the file "
                     "was not modified. Remove that line to continue."
                 ) from exc
+            digest = record.pop(DIGEST_KEY, None)
+            if digest is not None and digest != _json_digest(record):
+                raise InputError(
+                    f"{str(self.metrics)!r} line {i + 1} was changed or corrupted after it was "
+                    "written (its sha256 does not match); the file was not modified."
+                )
             records.append(record)
         return records
 
     def truncate_metrics(self, count: int) -> None:
         """Keep the first ``count`` records (those covered by the checkpoint being resumed)."""
         kept = self.read_metrics()[:count]
-        write_text_atomically("".join(json.dumps(r) + "\n" for r in kept), self.metrics)
+        write_text_atomically("".join(_metrics_line(r) for r in kept), self.metrics)
 
     def write_json(self, path: Path, data: dict[str, Any]) -> None:
         """Write ``data`` as JSON with a ``sha256`` of its content (see :func:`read_json`)."""
@@ -236,6 +244,11 @@ def _json_digest(data: Any) -> str:
     import hashlib
 
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _metrics_line(record: dict[str, Any]) -> str:
+    plain = json.loads(json.dumps(record, default=str))
+    return json.dumps({**plain, DIGEST_KEY: _json_digest(plain)}) + "\n"
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -127,6 +127,11 @@ def test_a_torn_metrics_line_is_dropped(reference: Path, tmp_path: Path) -> None
     (out / "metrics.jsonl").write_text("\n".join(["garbage", *lines]) + "\n")
     with pytest.raises(InputError, match="line 1 is not a JSON record"):
         RunDir(out).read_metrics()
+    first = json.loads(lines[0])
+    first["test_acc"] = 0.999  # an edited number, its sha256 left as it was
+    (out / "metrics.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    with pytest.raises(InputError, match="line 1 was changed or corrupted"):
+        RunDir(out).read_metrics()
 
 
 def test_writes_are_atomic_with_consistent_modes_and_temporaries_are_cleaned(
