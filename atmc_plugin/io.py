@@ -114,3 +114,27 @@ def _feed(h: Any, value: Any) -> None:
         h.update(b"]")
     else:
         h.update(repr(value).encode())
+
+
+DIGEST_KEY = "sha256"
+
+
+def seal(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """``payload`` with the sha256 of its content under ``"sha256"`` (see :func:`unseal`)."""
+    return {**payload, DIGEST_KEY: content_digest(payload)}
+
+
+def unseal(payload: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """Remove and verify the sha256 :func:`seal` stored (files without one are accepted).
+
+    :raises InputError: the content does not match it.
+    """
+    from .errors import InputError
+
+    digest = payload.pop(DIGEST_KEY, None)
+    if digest is not None and digest != content_digest(payload):
+        raise InputError(
+            f"checkpoint {str(path)!r} is corrupt: its content does not match the sha256 written "
+            "with it; it was not modified. Delete it, or restore it from a copy."
+        )
+    return payload

@@ -37,13 +37,19 @@ from typing import Any
 import torch
 
 from .errors import ATMCError, InputError
-from .io import content_digest, remove_stale_temporaries, save_atomically, write_text_atomically
+from .io import (
+    DIGEST_KEY,
+    remove_stale_temporaries,
+    save_atomically,
+    seal,
+    unseal,
+    write_text_atomically,
+)
 from .recipe import Recipe, RecipeError
 
 log = logging.getLogger(__name__)
 MARKER = ".atmc-run"
 LOCK = "run.lock"
-DIGEST_KEY = "sha256"
 WRITE_TEST = ".write-test-"
 
 CHECKPOINT_FORMAT = "atmc-run-checkpoint"
@@ -276,7 +282,7 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def sealed(payload: dict[str, Any]) -> dict[str, Any]:
     """``payload`` with the sha256 of its content, which :func:`read_tagged` verifies."""
-    return {**payload, DIGEST_KEY: content_digest(payload)}
+    return seal(payload)
 
 
 def _read_lock(path: Path) -> dict[str, Any] | None:
@@ -332,13 +338,7 @@ def read_tagged(path: Path, fmt: str) -> dict[str, Any]:
         raise InputError(
             f"{str(path)!r} is not an atmc {fmt!r} file (no such format tag); it was not modified."
         )
-    digest = payload.pop(DIGEST_KEY, None)
-    if digest is not None and digest != content_digest(payload):
-        raise InputError(
-            f"checkpoint {str(path)!r} is corrupt: its content does not match the sha256 written "
-            "with it; it was not modified. Delete it to start over, or resume from a copy."
-        )
-    return payload
+    return unseal(payload, path)
 
 
 def load_checkpoint(path: Path, recipe: Recipe | None = None) -> dict[str, Any]:

@@ -17,14 +17,13 @@ from torch import nn
 
 from atmc_plugin import InputError
 from atmc_plugin.adversary import model_device
-from atmc_plugin.io import content_digest, save_atomically
+from atmc_plugin.io import save_atomically, seal, unseal
 from atmc_plugin.modes import preserved_modes
 
 if TYPE_CHECKING:
     from .pruner import ATMCPruner
 
 FORMAT = "atmc-torch-pruning"
-DIGEST_KEY = "sha256"
 VERSION = 1
 
 
@@ -38,7 +37,7 @@ def save_pruned(path: str | Path, pruner: ATMCPruner, extra: dict[str, Any] | No
         "config": pruner.atmc.config.to_dict(),
         "extra": extra or {},
     }
-    save_atomically({**payload, DIGEST_KEY: content_digest(payload)}, path)
+    save_atomically(seal(payload), path)
 
 
 def load_pruned(path: str | Path, model: nn.Module, example_inputs: Any) -> dict[str, Any]:
@@ -61,12 +60,7 @@ def load_pruned(path: str | Path, model: nn.Module, example_inputs: Any) -> dict
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"{str(path)!r} is not an atmc-plugin Torch-Pruning checkpoint.")
-    digest = payload.pop(DIGEST_KEY, None)
-    if digest is not None and digest != content_digest(payload):
-        raise InputError(
-            f"checkpoint {str(path)!r} is corrupt: its content does not match the sha256 "
-            "written with it."
-        )
+    unseal(payload, path)
     for key in ("model", "pruner", "config", "extra"):
         if key not in payload:
             raise InputError(f"{str(path)!r} lacks its {key!r} entry; it is not a full checkpoint.")
