@@ -852,6 +852,10 @@ def main() -> None:
     t0 = time.perf_counter()
     methods = tuple(args.methods or METHODS)
     for method, ratio, seed, ensemble in planned(args.seeds, methods, not args.smoke):
+        if args.resume and runs_path.exists():  # what other processes sharing --out finished
+            done |= {
+                run_key(r["method"], r["target_ratio"], r["seed"]) for r in read_runs(runs_path)
+            }
         if (
             run_key(method, ratio, seed) in done
             or (args.ratios and ratio is not None and ratio not in args.ratios)
