@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from .config import ADMMConfig, ATMCConfig, AttackConfig, ConstraintConfig
 from .core import ATMC
 from .errors import ATMCError, ConfigError, InputError, PluginError
-from .plugins import ENTRY_POINT_GROUP, get_plugin_manager, hookimpl
+from .plugins import ENTRY_POINT_GROUP, default_plugin_manager, get_plugin_manager, hookimpl
 from .report import CompressionReport
 from .robustness import RobustnessReport, RobustnessWarning, evaluate
 from .wrap import wrap
@@ -37,6 +37,7 @@ __all__ = [
     "RobustnessReport",
     "RobustnessWarning",
     "__version__",
+    "default_plugin_manager",
     "evaluate",
     "get_plugin_manager",
     "hookimpl",

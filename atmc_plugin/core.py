@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -27,7 +28,7 @@ from .engine.allocation import scheduled_budget
 from .engine.factorize import FACTOR_NAMES, factorize, is_factorized
 from .errors import ConfigError, InputError, PluginError
 from .layers import following_norms, layer_weight, norm_scale, select_layers
-from .plugins import get_plugin_manager
+from .plugins import default_plugin_manager
 from .report import CompressionReport, build_report
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class ATMC:
     :param config: the ATMC configuration (default: PGD attack, no constraint).
     :param optimizer: optional optimizer; projections and ADMM updates then run after each of
         its steps. Otherwise call :meth:`after_optimizer_step` yourself.
-    :param plugin_manager: plugin manager to use (default: :func:`get_plugin_manager`).
+    :param plugin_manager: plugin manager to use (default: :func:`default_plugin_manager`).
     :param dense_numel: number of dense weights the density budget refers to (default: the
         selected layers' weights now). Adapters pass the pre-pruning count.
     """
@@ -66,7 +67,9 @@ class ATMC:
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         self.model = model
         self.module = unwrap_model(model)
-        self.plugin_manager = plugin_manager if plugin_manager is not None else get_plugin_manager()
+        self.plugin_manager = (
+            plugin_manager if plugin_manager is not None else default_plugin_manager()
+        )
         constraint = self.config.constraint
         layers = select_layers(self.module, constraint)
         if not layers and (constraint.sparse or constraint.quantized):
@@ -191,6 +194,19 @@ class ATMC:
             self._hook.remove()
             self._hook = None
         self.optimizer = None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ATMC:
+        """A copy for a copy of the model (``copy.deepcopy(model)`` with this ATMC in reach).
+
+        The plugin manager is shared, not copied; the copy is attached to no optimizer (call
+        :meth:`attach` with the copy's optimizer).
+        """
+        memo[id(self.plugin_manager)] = self.plugin_manager
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            setattr(new, key, None if key in ("_hook", "optimizer") else copy.deepcopy(value, memo))
+        return new
 
     # -- per-batch API -----------------------------------------------------------------------
     def parameters(self) -> dict[str, nn.Parameter]:
@@ -425,6 +441,23 @@ class ATMC:
         self.frozen = bool(state["frozen"])
         self.qstates = dict(state["qstates"])
         self.masks = dict(state["masks"])
+        # A checkpoint read with map_location="cpu" resumes on the model's device.
+        devices = {name: p.device for name, p in self.parameters().items()}
+        for table in (self.admm.z, self.admm.u, self.qstates, self.masks):
+            for name in table:
+                if name in devices:
+                    table[name] = _to_device(table[name], devices[name])
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """``value`` (a tensor, or lists/tuples/dicts of them) with every tensor on ``device``."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
 
 
 def _check_finite(name: str, tensor: Tensor, step: int | None = None) -> None:

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from .adversary import Adversary
 from .config import AttackConfig
 from .modes import preserved_modes
-from .plugins import get_plugin_manager
+from .plugins import default_plugin_manager
 
 
 def quick_robust_accuracy(
@@ -19,7 +19,9 @@ def quick_robust_accuracy(
     The model's modes are restored afterwards.
     """
     attack = Adversary(
-        model, AttackConfig(name="pgd", eps=eps, steps=steps, alpha=eps / 4), get_plugin_manager()
+        model,
+        AttackConfig(name="pgd", eps=eps, steps=steps, alpha=eps / 4),
+        default_plugin_manager(),
     )
     with preserved_modes(model), torch.no_grad():
         model.eval()

@@ -1,12 +1,16 @@
 """The plugin manager factory.
 
-Nothing happens at import time: :func:`get_plugin_manager` builds a fresh
-:class:`pluggy.PluginManager` each call, registers the built-in plugins, loads the
+Nothing happens at import time. :func:`get_plugin_manager` builds a fresh
+:class:`pluggy.PluginManager` each call: it registers the built-in plugins, loads the
 ``atmc_plugin`` entry-point group and validates every hook implementation.
+:func:`default_plugin_manager` is the manager every library entry point uses when none is
+passed: built on first use, then shared (entry points are loaded once per process, not once
+per ``ATMC`` object), and rebuilt when ``ATMC_PLUGIN_BLOCK`` changes.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 
@@ -70,6 +74,20 @@ def get_plugin_manager(
             ) from exc
     pm.check_pending()
     return pm
+
+
+def default_plugin_manager() -> pluggy.PluginManager:
+    """The shared manager: :func:`get_plugin_manager` with its defaults, built on first use.
+
+    Plugins registered on it by hand stay registered for every later default use. Pass your
+    own manager (``plugin_manager=``) to keep a registration local.
+    """
+    return _shared_manager(tuple(blocked_from_env()))
+
+
+@functools.cache
+def _shared_manager(blocked: tuple[str, ...]) -> pluggy.PluginManager:
+    return get_plugin_manager()  # reads the same ATMC_PLUGIN_BLOCK as ``blocked``
 
 
 def plugin_origins(pm: pluggy.PluginManager) -> dict[str, str]:

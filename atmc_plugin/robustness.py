@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from .adversary import model_device
 from .errors import ConfigError, InputError
 from .modes import preserved_modes
-from .plugins import get_plugin_manager
+from .plugins import default_plugin_manager
 
 PRESETS = ("quick", "standard")
 DOC = "docs/robustness.md"
@@ -161,7 +161,7 @@ def _check_batch(batch: Any, offset: int) -> tuple[Tensor, Tensor]:
 
 def attackable(model: nn.Module, plugin_manager: Any = None) -> nn.Module:
     """The model itself, or the differentiable copy a plugin provides (INC int8 graphs)."""
-    pm = plugin_manager if plugin_manager is not None else get_plugin_manager()
+    pm = plugin_manager if plugin_manager is not None else default_plugin_manager()
     copy = pm.hook.atmc_attackable_model(model=model)
     return model if copy is None else copy
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from .config import ATMCConfig
 from .errors import PluginError
-from .plugins import ENTRY_POINT_GROUP, get_plugin_manager
+from .plugins import ENTRY_POINT_GROUP, default_plugin_manager
 
 
 def wrap(
@@ -16,11 +16,11 @@ def wrap(
 
     :param target: the tool object, e.g. a ``torch_pruning.pruner.BasePruner``.
     :param config: the ATMC configuration (default :class:`ATMCConfig`).
-    :param plugin_manager: plugin manager to use (default: :func:`get_plugin_manager`).
+    :param plugin_manager: plugin manager to use (default: :func:`default_plugin_manager`).
     :param options: adapter options, e.g. ``optimizer=...``.
     :raises PluginError: no installed adapter recognises ``target``.
     """
-    pm = plugin_manager if plugin_manager is not None else get_plugin_manager()
+    pm = plugin_manager if plugin_manager is not None else default_plugin_manager()
     cfg = config if config is not None else ATMCConfig()
     adapter = pm.hook.atmc_build_adapter(target=target, config=cfg, options=dict(options))
     if adapter is None:

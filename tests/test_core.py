@@ -239,3 +239,38 @@ def test_save_atomically_replaces_or_keeps(tmp_path) -> None:
         save_atomically({"bad": Unsaveable()}, path)
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "group"])
+def test_load_state_dict_follows_the_model_device(batch, granularity) -> None:
+    """A state read with map_location="cpu" lands on the device of the (moved) model.
+
+    The meta device stands in for CUDA here; tests/test_engine_gpu.py resumes on CUDA.
+    """
+    from tests.conftest import TinyCNN
+
+    def config() -> ATMCConfig:
+        group = {"group_size": 4} if granularity == "group" else {}
+        return _config(density=0.5, bits=4, quantizer="int", granularity=granularity, **group)
+
+    torch.manual_seed(0)
+    model = TinyCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    atmc = ATMC(model, config(), optimizer=opt)
+    _train(model, atmc, opt, batch, steps=2)
+    atmc.finalize()
+    state = atmc.state_dict()
+    assert atmc.qstates and atmc.masks
+    twin = TinyCNN()
+    resumed = ATMC(twin, config())
+    twin.to("meta")
+    resumed.load_state_dict(state)
+
+    def leaves(value):
+        if isinstance(value, (list, tuple)):
+            return [t for v in value for t in leaves(v)]
+        return [value]
+
+    tensors = [*resumed.admm.z.values(), *resumed.admm.u.values(), *resumed.masks.values()]
+    tensors += [t for q in resumed.qstates.values() for t in leaves(q)]
+    assert len(tensors) > 6 and all(t.device.type == "meta" for t in tensors)

@@ -43,3 +43,31 @@ def test_int_grid_same_on_cuda() -> None:
     x = _tensors()[1]
     spec = GridSpec(bits=4, granularity="group", group_size=32)
     assert torch.allclose(int_grid_quantize(x, spec)[0], int_grid_quantize(x.cuda(), spec)[0].cpu())
+
+
+def test_resume_an_int_grid_state_on_cuda(tmp_path) -> None:
+    """A checkpoint read onto the CPU resumes a CUDA fine-tune (grid states follow the model)."""
+    from torch.nn import functional as F
+
+    from atmc_plugin import ATMC, ATMCConfig, ConstraintConfig
+    from tests.conftest import TinyCNN
+
+    cfg = ATMCConfig(
+        constraint=ConstraintConfig(
+            density=0.5, bits=4, quantizer="int", granularity="group", group_size=4
+        )
+    )
+    model = TinyCNN()
+    atmc = ATMC(model, cfg)
+    atmc.finalize()
+    torch.save(atmc.state_dict(), tmp_path / "atmc.pt")
+    twin = TinyCNN().cuda()
+    twin.load_state_dict(model.state_dict())
+    resumed = ATMC(twin, cfg)
+    resumed.load_state_dict(torch.load(tmp_path / "atmc.pt", weights_only=True, map_location="cpu"))
+    opt = torch.optim.SGD(twin.parameters(), lr=0.01)
+    resumed.attach(opt)
+    x, y = torch.rand(8, 1, 8, 8, device="cuda"), torch.randint(0, 10, (8,), device="cuda")
+    F.cross_entropy(twin(x), y).backward()
+    opt.step()  # projections onto the frozen grid run on CUDA
+    assert resumed.step_count == 1

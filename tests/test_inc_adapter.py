@@ -97,6 +97,57 @@ def test_prepare_train_convert() -> None:
     assert conversion_report(q).worst_weight_diff < 2e-3
 
 
+def _global_step_hooks() -> int:
+    # torch keeps global optimizer hooks in a private dict; only this count is observable.
+    from torch.optim import optimizer
+
+    return len(optimizer._global_optimizer_post_hooks)
+
+
+def test_session_lives_and_dies_with_the_model() -> None:
+    import gc
+    import weakref
+
+    before = _global_step_hooks()
+    prepared = prepare(_mlp(), ATMCQuantConfig(bits=8, eps=0.1, steps=1))
+    assert _global_step_hooks() == before + 1  # watching for the training optimizer
+    alive = weakref.ref(prepared)
+    del prepared
+    gc.collect()
+    assert alive() is None
+    assert _global_step_hooks() == before
+
+
+def test_follows_only_the_optimizer_that_trains_the_model() -> None:
+    before = _global_step_hooks()
+    prepared = prepare(_mlp(), ATMCQuantConfig(bits=8, eps=0.1, steps=1))
+    other = nn.Linear(3, 3)
+    other_opt = torch.optim.SGD(other.parameters(), lr=0.1)
+    other(torch.rand(2, 3)).sum().backward()
+    other_opt.step()
+    assert session_of(prepared).atmc.step_count == 0
+    _train(prepared, steps=2)
+    session = session_of(prepared)
+    assert session.atmc.step_count == 2  # the step that found the optimizer counts
+    assert _global_step_hooks() == before  # handed over to a hook on that optimizer
+    assert session.atmc.optimizer is not None
+    other_opt.step()
+    assert session.atmc.step_count == 2
+
+
+def test_convert_a_copy_of_a_prepared_model() -> None:
+    prepared = prepare(_mlp(), ATMCQuantConfig(bits=4, group_size=16, eps=0.1, steps=1))
+    _train(prepared, steps=2)
+    q = convert(prepared, inplace=False)
+    assert q is not prepared
+    assert session_of(q).model is q and session_of(q).atmc.module is q
+    assert session_of(q).atmc.plugin_manager is session_of(prepared).atmc.plugin_manager
+    assert conversion_report(q).worst_weight_diff < 2e-3
+    assert isinstance(prepared[1], nn.Linear)  # the original stays prepared, not converted
+    with pytest.raises(InputError, match="not converted yet"):
+        conversion_report(prepared)
+
+
 def test_autotune_with_a_config_list() -> None:
     def eval_fn(model: nn.Module) -> float:
         model.eval()

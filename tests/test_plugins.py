@@ -162,3 +162,28 @@ def test_broken_plugin_named_with_escape_hatch(tmp_path, monkeypatch) -> None:
         get_plugin_manager()
     monkeypatch.setenv(BLOCK_ENV_VAR, "broken")
     assert not get_plugin_manager().has_plugin("broken")
+
+
+def test_default_manager_is_shared_and_follows_the_block_list(monkeypatch, tiny_model) -> None:
+    from atmc_plugin import ATMC, default_plugin_manager
+
+    first = default_plugin_manager()
+    assert default_plugin_manager() is first
+    assert ATMC(tiny_model).plugin_manager is first
+    monkeypatch.setenv(BLOCK_ENV_VAR, "atmc.attacks")
+    blocked = default_plugin_manager()
+    assert blocked is not first and not blocked.has_plugin("atmc.attacks")
+
+
+def test_deepcopy_of_atmc_shares_the_plugin_manager(tiny_model, batch) -> None:
+    import copy
+
+    atmc = ATMC(tiny_model, ATMCConfig())
+    opt = torch.optim.SGD(tiny_model.parameters(), lr=0.1)
+    atmc.attach(opt)
+    twin = copy.deepcopy(atmc)
+    assert twin.plugin_manager is atmc.plugin_manager
+    assert twin.module is not atmc.module and twin.optimizer is None
+    assert atmc.optimizer is opt
+    x, y = batch
+    assert twin.perturb(x, y).shape == x.shape

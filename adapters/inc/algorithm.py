@@ -1,7 +1,9 @@
 """The ``"atmc"`` algorithm entry registered in INC's algorithm registry.
 
-- ``PREPARE``: build an :class:`INCSession` (ATMC on the ops INC assigned to ``"atmc"``) and
-  inject its projections through torch's global optimizer step hook, so the user's training
+- ``PREPARE``: build an :class:`INCSession` (ATMC on the ops INC assigned to ``"atmc"``). Its
+  projections run after each step of the optimizer that trains the model: the one given to
+  :meth:`INCSession.attach`, or else the first one found stepping (a torch global step hook that
+  only watches for it, then hands over to a hook on that optimizer), so the user's training
   function only adds ``session.perturb(x, y)`` and ``session.penalty()``;
 - ``QUANTIZE``: prepare, run the user's ``run_fn(model)`` with gradients enabled (INC's
   ``run_fn`` is a calibration hook; here it is adversarial ADMM fine-tuning), then convert;
@@ -9,11 +11,15 @@
   (weight-only RTN for ``backend="rtn"``); the largest difference between ATMC's projected
   weights and INC's dequantized weights is recorded in :func:`conversion_report`.
 
-Sessions live in a weak, model-keyed store (no attributes on the user's model).
+The session is an attribute of the prepared model (:data:`SESSION_ATTR`), as INC keeps its own
+``quantizer`` and ``quant_config``: it lives and dies with the model, and ``copy.deepcopy`` of a
+prepared model (``convert(..., inplace=False)``) carries a copy of it. There is no
+process-global store.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import weakref
 from dataclasses import dataclass, field
@@ -32,7 +38,8 @@ from .config import ALGO_NAME, ATMCQuantConfig, atmc_ops
 
 logger = logging.getLogger(__name__)
 
-_SESSIONS: weakref.WeakKeyDictionary[nn.Module, INCSession] = weakref.WeakKeyDictionary()
+SESSION_ATTR = "atmc_session"
+"""Name of the attribute of a prepared model that holds its :class:`INCSession`."""
 
 
 @dataclass
@@ -72,27 +79,49 @@ class INCSession:
         """ADMM term to add to the training loss."""
         return self.atmc.penalty()
 
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Run ATMC's schedule after each step of ``optimizer`` (and of no other)."""
+        self.deactivate()
+        self.atmc.attach(optimizer)
+
     def activate(self) -> None:
-        """Run ATMC's schedule after every step of any optimizer that trains the model."""
-        if self._hook is not None:
+        """Find the optimizer that trains the model at its first step, then follow only it.
+
+        Until then a torch global step hook watches every optimizer's step; it removes itself
+        at the first match, at :meth:`deactivate`, and when the session is collected.
+        """
+        if self._hook is not None or self.atmc.optimizer is not None:
             return
         ref = weakref.ref(self)
 
         def after_step(optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
             session = ref()
-            if session is not None and session._trains(optimizer):
-                session.atmc.after_optimizer_step()
+            if session is None or not session._trains(optimizer):
+                return
+            session.attach(optimizer)
+            session.atmc.after_optimizer_step()  # the step that found it
 
         self._hook = register_optimizer_step_post_hook(after_step)
+        weakref.finalize(self, self._hook.remove)
 
     def deactivate(self) -> None:
+        """Stop following any optimizer."""
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        self.atmc.detach()
 
     def _trains(self, optimizer: torch.optim.Optimizer) -> bool:
         ours = {id(p) for p in self.atmc.parameters().values()}
         return any(id(p) in ours for g in optimizer.param_groups for p in g["params"])
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> INCSession:
+        """A copy for a copy of the prepared model: same state, following no optimizer."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            setattr(new, key, None if key == "_hook" else copy.deepcopy(value, memo))
+        return new
 
 
 def session_of(model: nn.Module) -> INCSession:
@@ -100,8 +129,8 @@ def session_of(model: nn.Module) -> INCSession:
 
     :raises InputError: the model was not prepared with ATMC.
     """
-    session = _SESSIONS.get(model)
-    if session is None:
+    session = getattr(model, SESSION_ATTR, None)
+    if not isinstance(session, INCSession):
         raise InputError(
             "this model has no ATMC session: prepare it with "
             "neural_compressor.torch.quantization.prepare(model, ATMCQuantConfig(...)) or call "
@@ -131,7 +160,7 @@ def atmc_entry(
     op_names, config = atmc_ops(configs_mapping)
     if mode in (Mode.PREPARE, Mode.QUANTIZE):
         session = INCSession(model, op_names, config)
-        _SESSIONS[model] = session
+        setattr(model, SESSION_ATTR, session)
         session.activate()
         if mode == Mode.PREPARE:
             return model
@@ -163,7 +192,8 @@ def _convert(model: nn.Module, session: INCSession) -> nn.Module:
     if backend == "rtn":
         model = _rtn(model, session, projected, report)
     session.report = report
-    _SESSIONS[model] = session
+    session.model = model
+    setattr(model, SESSION_ATTR, session)
     return model
 
 

@@ -25,7 +25,7 @@ from torch import Tensor, fx, nn
 from atmc_plugin import AttackConfig, ConfigError, InputError
 from atmc_plugin.adversary import Adversary
 from atmc_plugin.errors import did_you_mean
-from atmc_plugin.plugins import get_plugin_manager
+from atmc_plugin.plugins import default_plugin_manager
 
 _QD = torch.ops.quantized_decomposed
 
@@ -77,7 +77,7 @@ def quantize_static_int8(
         raise InputError(f"INC could not export {type(model).__name__} for static int8.")
     quant_config = config if config is not None else StaticQuantConfig()
     prepared = prepare(exported, quant_config, example_inputs=(example_inputs,))
-    adversary = Adversary(fp32, attack, get_plugin_manager()) if attack is not None else None
+    adversary = Adversary(fp32, attack, default_plugin_manager()) if attack is not None else None
     with torch.random.fork_rng(enabled=seed is not None), torch.no_grad():
         if seed is not None:
             torch.manual_seed(seed)
@@ -265,7 +265,7 @@ def robust_eval_fn(
 
     def evaluate(model: nn.Module) -> float:
         target = _attackable(model)
-        adversary = Adversary(target, attack, get_plugin_manager())
+        adversary = Adversary(target, attack, default_plugin_manager())
         with torch.no_grad():
             clean = (target(x).argmax(1) == y).float().mean().item()
             robust = (target(adversary(x, y)).argmax(1) == y).float().mean().item()
