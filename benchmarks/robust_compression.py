@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -583,7 +584,15 @@ def planned(
             yield "DA", None, seed, ensemble
         for method in (m for m in methods if m != "DA"):  # in the order asked for
             for ratio in RATIOS if seed == 0 else DEEP:
-                yield method, ratio, seed, ensemble and ratio in DEEP
+                if reachable(method, ratio):
+                    yield method, ratio, seed, ensemble and ratio in DEEP
+
+
+def reachable(method: str, ratio: float) -> bool:
+    """False where a fixed bit width cannot be that large: every weight kept costs less
+    (``ATMC 2-bit`` at 1e-1 would need a density of 1.6)."""
+    match = re.fullmatch(r"ATMC (\d+)-bit", method)
+    return match is None or ratio * 32 / int(match.group(1)) <= 1.0
 
 
 def run_key(method: str, ratio: float | None, seed: int) -> str:

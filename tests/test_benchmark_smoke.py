@@ -44,3 +44,17 @@ def test_new_baselines_and_atmc_at_the_deepest_ratio(tmp_path) -> None:
 def test_every_method_at_every_ratio(tmp_path) -> None:
     result = _smoke(tmp_path, [])
     assert {r["method"] for r in result["rows"]} >= {"DA", "TP + ATMC (wrap)", "HYDRA"}
+
+
+def test_plan_holds_only_reachable_sizes(monkeypatch) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("robust_compression", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look themselves up
+    spec.loader.exec_module(bench)
+    plan = [(m, r) for m, r, _, _ in bench.planned(1, bench.METHODS, False)]
+    assert ("ATMC 2-bit", 0.1) not in plan  # would need a density of 1.6
+    assert ("ATMC 4-bit", 0.1) in plan and ("ATMC 2-bit", 0.03) in plan
+    assert len(plan) == 1 + (len(bench.METHODS) - 1) * len(bench.RATIOS) - 1
