@@ -187,3 +187,18 @@ def test_deepcopy_of_atmc_shares_the_plugin_manager(tiny_model, batch) -> None:
     assert atmc.optimizer is opt
     x, y = batch
     assert twin.perturb(x, y).shape == x.shape
+
+
+def test_plain_atmc_loads_the_adapters_without_their_tools() -> None:
+    """Loading the entry points (both adapters) imports neither INC nor Torch-Pruning."""
+    import subprocess
+
+    code = (
+        "import sys, torch, atmc_plugin; "
+        "pm = atmc_plugin.default_plugin_manager(); "
+        "atmc_plugin.ATMC(torch.nn.Linear(4, 2)); "
+        "assert pm.has_plugin('inc') and pm.has_plugin('torch_pruning'), pm.list_name_plugin(); "
+        "print(','.join(m for m in ('neural_compressor', 'torch_pruning') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

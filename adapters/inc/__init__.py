@@ -1,26 +1,40 @@
 """Intel Neural Compressor adapter: ATMC as an INC algorithm (``"atmc"``).
 
-Importing this module (done by the ``atmc_plugin`` entry point ``inc``) registers
-:class:`ATMCQuantConfig` and the ``"atmc"`` entry in INC's own registries.
-``atmc_plugin.wrap(inc_config, atmc_config)`` turns an INC ``RTNConfig`` or
-``StaticQuantConfig`` into the matching :class:`ATMCQuantConfig`.
+Importing a name from this package (``ATMCQuantConfig``, ``session_of``, ``autotune``,
+``conversion_report`` ...) loads the adapter, which registers :class:`ATMCQuantConfig` and the
+``"atmc"`` entry in INC's own registries (after checking the INC version). The package itself
+is light: the plugin manager loads it as the entry point ``inc`` without importing INC, and
+its hooks import INC only when handed an INC object. ``atmc_plugin.wrap(inc_config,
+atmc_config)`` turns an INC ``RTNConfig`` or ``StaticQuantConfig`` into the matching
+:class:`ATMCQuantConfig`.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from atmc_plugin import ATMCConfig, ConfigError, hookimpl
+from torch import fx
 
-from .compat import check_supported, installed_version
+from atmc_plugin import ATMCConfig, hookimpl
 
-check_supported(installed_version())  # before INC's registries are touched
+if TYPE_CHECKING:
+    from .algorithm import ConversionReport, INCSession, conversion_report, session_of
+    from .config import ALGO_NAME, ATMCQuantConfig
+    from .tuning import autotune
+    from .wrapping import from_inc_config
 
-from .algorithm import ConversionReport, INCSession, conversion_report, session_of  # noqa: E402
-from .config import ALGO_NAME, ATMCQuantConfig  # noqa: E402
-from .tuning import autotune  # noqa: E402
-
+_EXPORTS = {
+    "ALGO_NAME": "config",
+    "ATMCQuantConfig": "config",
+    "ConversionReport": "algorithm",
+    "INCSession": "algorithm",
+    "conversion_report": "algorithm",
+    "session_of": "algorithm",
+    "autotune": "tuning",
+    "from_inc_config": "wrapping",
+}
 __all__ = [
     "ALGO_NAME",
     "ATMCQuantConfig",
@@ -33,56 +47,38 @@ __all__ = [
 ]
 
 
-def from_inc_config(inc_config: Any, config: ATMCConfig) -> ATMCQuantConfig | None:
-    """The :class:`ATMCQuantConfig` training for ``inc_config``'s grid, or ``None``.
+def load() -> None:
+    """Load the adapter: check INC's version, register ``"atmc"`` in INC's registries."""
+    from .compat import check_supported, installed_version
 
-    :raises ConfigError: ``config.constraint.bits`` disagrees with the INC config's bits.
-    """
-    from neural_compressor.torch.quantization import RTNConfig, StaticQuantConfig
-    from neural_compressor.torch.quantization.config import INT8StaticQuantConfig
+    check_supported(installed_version())  # before INC's registries are touched
+    for module in ("config", "algorithm", "tuning", "wrapping"):
+        importlib.import_module(f"{__name__}.{module}")
 
-    if isinstance(inc_config, RTNConfig):
-        bits, sym, group, backend = (
-            inc_config.bits,
-            inc_config.use_sym,
-            inc_config.group_size,
-            "rtn",
-        )
-    elif isinstance(inc_config, (StaticQuantConfig, INT8StaticQuantConfig)):
-        bits, sym, group, backend = 8, True, -1, "pt2e"
-    else:
-        return None
-    wanted = config.constraint.bits
-    if wanted is not None and wanted != bits:
-        raise ConfigError(
-            f"constraint.bits = {wanted} but the {type(inc_config).__name__} quantizes to {bits} "
-            f"bits: ATMC must train for the grid INC will use. Set constraint.bits = {bits} or "
-            "leave it unset."
-        )
-    attack = config.attack
-    c = config.constraint
-    return ATMCQuantConfig(
-        bits=bits,
-        use_sym=sym,
-        group_size=group,
-        backend=backend,
-        density=c.density if c.density is not None else 1.0,
-        allocation=c.allocation,
-        min_per_layer=c.min_per_layer,
-        schedule=c.schedule,
-        ramp_steps=c.ramp_steps,
-        attack=attack.name if attack else "pgd",
-        eps=attack.eps if attack else 8 / 255,
-        steps=attack.steps if attack else 7,
-        alpha=(attack.alpha or 0.0) if attack else 0.0,
-        rho=config.admm.rho,
-        interval=config.admm.interval,
-    )
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    load()
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+def _from_inc(obj: Any) -> bool:
+    return any(c.__module__.startswith("neural_compressor.") for c in type(obj).__mro__)
 
 
 @hookimpl
 def atmc_attackable_model(model: Any) -> Any:
     """INC/PT2E int8 graphs are attacked through their straight-through copy."""
+    if not isinstance(model, fx.GraphModule):
+        return None  # only exported graphs can be INC's int8 models
     from .pt2e import _attackable
 
     copy = _attackable(model)
@@ -92,6 +88,9 @@ def atmc_attackable_model(model: Any) -> Any:
 @hookimpl
 def atmc_build_adapter(target: Any, config: ATMCConfig, options: Mapping[str, Any]) -> Any:
     """INC configs become ATMC-trained INC configs; ``None`` for anything else."""
-    if options:
+    if options or not _from_inc(target):
         return None
+    load()
+    from .wrapping import from_inc_config
+
     return from_inc_config(target, config)

@@ -14,11 +14,29 @@ from collections import OrderedDict
 from typing import Any, ClassVar
 
 import torch
-from neural_compressor.common.base_config import DEFAULT_WHITE_LIST, BaseConfig, register_config
-from neural_compressor.torch.quantization.config import OperatorConfig, TorchBaseConfig
 
-from atmc_plugin import ADMMConfig, ATMCConfig, AttackConfig, ConfigError, ConstraintConfig
-from atmc_plugin.errors import did_you_mean
+from .compat import check_supported, installed_version
+
+check_supported(installed_version())  # before INC's registries are touched
+
+from neural_compressor.common.base_config import (  # noqa: E402
+    DEFAULT_WHITE_LIST,
+    BaseConfig,
+    register_config,
+)
+from neural_compressor.torch.quantization.config import (  # noqa: E402
+    OperatorConfig,
+    TorchBaseConfig,
+)
+
+from atmc_plugin import (  # noqa: E402
+    ADMMConfig,
+    ATMCConfig,
+    AttackConfig,
+    ConfigError,
+    ConstraintConfig,
+)
+from atmc_plugin.errors import did_you_mean  # noqa: E402
 
 ALGO_NAME = "atmc"
 PRIORITY_ATMC = 5  # below INC's built-ins: never chosen unless asked for by name
