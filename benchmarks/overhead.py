@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 import atmc_plugin
 from atmc_plugin import ADMMConfig, ATMCConfig, AttackConfig, ConstraintConfig
-from atmc_plugin.models import CifarResNet
+from atmc_plugin.app.models import CifarResNet
 
 RESULTS = Path(__file__).parent / "results" / "overhead.json"
 EPS = 8 / 255

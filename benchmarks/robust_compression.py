@@ -57,12 +57,12 @@ from torch.nn import functional as F
 
 import atmc_plugin
 from atmc_plugin import ATMC, ADMMConfig, ATMCConfig, AttackConfig, ConstraintConfig, evaluate
-from atmc_plugin.datasets import load_digits
+from atmc_plugin.app.datasets import load_digits
+from atmc_plugin.app.models import DigitsCNN
 from atmc_plugin.engine.intgrid import GridSpec, int_grid_quantize
 from atmc_plugin.engine.sparsity import global_topk_masks
 from atmc_plugin.export import layer_costs
 from atmc_plugin.layers import layer_weight, select_layers
-from atmc_plugin.models import DigitsCNN
 from atmc_plugin.report import CompressionReport, build_report
 from atmc_plugin.robustness import attackable
 

@@ -23,10 +23,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from atmc_plugin import ATMC, ADMMConfig, ATMCConfig, AttackConfig, ConstraintConfig
-from atmc_plugin.datasets import load_digits
+from atmc_plugin.app.datasets import load_digits
+from atmc_plugin.app.models import DigitsCNN
 from atmc_plugin.evaluation import quick_robust_accuracy
 from atmc_plugin.io import save_atomically
-from atmc_plugin.models import DigitsCNN
 
 log = logging.getLogger("digits_atmc")
 

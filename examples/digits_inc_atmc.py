@@ -32,9 +32,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from atmc_plugin import ATMC, ATMCConfig, AttackConfig
-from atmc_plugin.datasets import load_digits
+from atmc_plugin.app.datasets import load_digits
+from atmc_plugin.app.models import DigitsCNN
 from atmc_plugin.evaluation import quick_robust_accuracy
-from atmc_plugin.models import DigitsCNN
 
 log = logging.getLogger("digits_inc_atmc")
 
@@ -123,7 +123,7 @@ def latency(fp32: nn.Module, int8: nn.Module, batch: Tensor, repeats: int = 50) 
     """
     import torch._inductor.config as inductor_config
 
-    from atmc_plugin.job import latency as median_latency
+    from atmc_plugin.app.job import latency as median_latency
 
     times = {}
     for name, model in (("fp32", fp32.eval()), ("int8", int8)):

@@ -22,9 +22,9 @@ from torch.nn import functional as F
 
 import atmc_plugin
 from atmc_plugin import ADMMConfig, ATMCConfig, AttackConfig, ConstraintConfig
-from atmc_plugin.datasets import load_digits
+from atmc_plugin.app.datasets import load_digits
+from atmc_plugin.app.models import DigitsCNN
 from atmc_plugin.evaluation import quick_robust_accuracy
-from atmc_plugin.models import DigitsCNN
 
 log = logging.getLogger("digits_tp_atmc")
 

@@ -62,8 +62,8 @@ def test_factorization_both_orientations() -> None:
 
 
 def test_merged_state_dict_gives_the_deployed_model_and_leaves_the_original_working() -> None:
+    from atmc_plugin.app.models import DigitsCNN
     from atmc_plugin.engine.factorize import factorize, merged_state_dict
-    from atmc_plugin.models import DigitsCNN
 
     torch.manual_seed(0)
     model = DigitsCNN(width=4)

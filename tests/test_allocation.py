@@ -10,10 +10,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from atmc_plugin import ATMC, ATMCConfig, ConfigError, ConstraintConfig
-from atmc_plugin.datasets import load_digits
+from atmc_plugin.app.datasets import load_digits
+from atmc_plugin.app.models import DigitsCNN
 from atmc_plugin.engine.allocation import guarded_topk_masks, lamp_scores, scheduled_budget
 from atmc_plugin.layers import following_norms
-from atmc_plugin.models import DigitsCNN
 
 CONVS = ("features.0", "features.3", "features.7")
 

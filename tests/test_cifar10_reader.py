@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from atmc_plugin.build import check_recipe, load_data
-from atmc_plugin.datasets import load_cifar10, read_cifar10_bin
+from atmc_plugin.app.build import check_recipe, load_data
+from atmc_plugin.app.datasets import load_cifar10, read_cifar10_bin
+from atmc_plugin.app.recipe import RecipeError, load_recipe
 from atmc_plugin.errors import ATMCError
-from atmc_plugin.recipe import RecipeError, load_recipe
 
 
 def write_batch(path: Path, labels: list[int], seed: int) -> np.ndarray:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from atmc_plugin.cli import main
-from atmc_plugin.rundir import RunDir, load_checkpoint
+from atmc_plugin.app.cli import main
+from atmc_plugin.app.rundir import RunDir, load_checkpoint
 
 RECIPES = Path(__file__).parent / "recipes"
 TINY = RECIPES / "tiny_tp.toml"
@@ -139,8 +139,8 @@ def test_corrupt_or_foreign_checkpoint_is_refused_and_kept(
 def test_checkpoint_of_another_recipe_is_refused(finished_run: Path, tmp_path: Path) -> None:
     other = tmp_path / "other.toml"
     other.write_text(TINY.read_text().replace("seed = 3", "seed = 4"))
+    from atmc_plugin.app.recipe import load_recipe
     from atmc_plugin.errors import InputError
-    from atmc_plugin.recipe import load_recipe
 
     with pytest.raises(InputError, match="different recipe"):
         load_checkpoint(finished_run / "checkpoints" / "last.pt", load_recipe(other))
@@ -183,9 +183,9 @@ def test_diverging_run_stops_with_a_clear_message(tmp_path: Path) -> None:
 
 
 def test_divergence_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
-    from atmc_plugin.build import build_model, check_recipe
-    from atmc_plugin.recipe import load_recipe
-    from atmc_plugin.runner import DivergedError, Trainer
+    from atmc_plugin.app.build import build_model, check_recipe
+    from atmc_plugin.app.recipe import load_recipe
+    from atmc_plugin.app.runner import DivergedError, Trainer
 
     recipe = load_recipe(TINY)
     data = check_recipe(recipe, torch.device("cpu"))
@@ -353,12 +353,12 @@ def test_inc_atmc_values_fail_before_pretraining(
 def test_an_io_error_ends_with_one_message(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import atmc_plugin.job
+    import atmc_plugin.app.job
 
     def full_disk(*_args: object, **_kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(atmc_plugin.job, "run_recipe", full_disk)
+    monkeypatch.setattr(atmc_plugin.app.job, "run_recipe", full_disk)
     assert main(["run", str(TINY), "--out", str(tmp_path / "o")]) == 1
     assert "No space left on device" in caplog.text and "--resume" in caplog.text
     assert "Traceback" not in caplog.text

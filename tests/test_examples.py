@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from atmc_plugin import ATMC, ATMCConfig
-from atmc_plugin.models import DigitsCNN
+from atmc_plugin.app.models import DigitsCNN
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,8 +5,8 @@ import torch
 from torch.nn import functional as F
 
 from atmc_plugin import ATMC, ADMMConfig, ATMCConfig, AttackConfig, ConstraintConfig, InputError
+from atmc_plugin.app.models import DigitsCNN
 from atmc_plugin.export import load_compact, save_compact, storage_report
-from atmc_plugin.models import DigitsCNN
 
 GRIDS = {
     "codebook": {},

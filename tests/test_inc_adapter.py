@@ -291,7 +291,7 @@ def test_every_value_is_checked_before_any_work(settings, match) -> None:
 
 
 def test_an_inc_atmc_recipe_with_a_bad_value_fails_before_training(tmp_path) -> None:
-    from atmc_plugin.cli import main
+    from atmc_plugin.app.cli import main
 
     recipe = tmp_path / "r.toml"
     recipe.write_text(

@@ -19,7 +19,7 @@ from atmc_plugin_adapters.inc.pt2e import (
 )
 
 from atmc_plugin import AttackConfig, InputError
-from atmc_plugin.models import DigitsCNN
+from atmc_plugin.app.models import DigitsCNN
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 

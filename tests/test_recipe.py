@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from atmc_plugin.build import check_recipe, resolve_device
-from atmc_plugin.recipe import RecipeError, load_recipe
+from atmc_plugin.app.build import check_recipe, resolve_device
+from atmc_plugin.app.recipe import RecipeError, load_recipe
 
 EXAMPLES = Path(__file__).parents[1] / "examples" / "recipes"
 
@@ -128,7 +128,7 @@ def test_values_that_used_to_crash_later_are_refused(tmp_path, section, line, ma
 
 @pytest.mark.parametrize("name", ["Importance", "ATMCConfig", "OrderedDict"])
 def test_importance_names_must_be_importances(tmp_path, name) -> None:
-    from atmc_plugin.build import build_pruner, load_data
+    from atmc_plugin.app.build import build_pruner, load_data
 
     path = tmp_path / "r.toml"
     path.write_text(
@@ -137,7 +137,7 @@ def test_importance_names_must_be_importances(tmp_path, name) -> None:
     )
     recipe = load_recipe(path)
     data = load_data(recipe)
-    from atmc_plugin.build import build_model
+    from atmc_plugin.app.build import build_model
 
     with pytest.raises(RecipeError, match="importance"):
         build_pruner(recipe, build_model(recipe, data), data.example)
@@ -163,7 +163,7 @@ def test_the_constraint_is_checked_against_the_model_before_training(
 
 
 def test_seed_override_out_of_range(tmp_path) -> None:
-    from atmc_plugin.cli import main
+    from atmc_plugin.app.cli import main
 
     path = tmp_path / "r.toml"
     path.write_text("[model]\nname = 'digits_cnn'\nwidth = 4\n")

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from atmc_plugin.cli import main
+from atmc_plugin.app.cli import main
+from atmc_plugin.app.recipe import RecipeError, load_recipe
+from atmc_plugin.app.rundir import RunDir, load_checkpoint
 from atmc_plugin.errors import InputError
 from atmc_plugin.io import remove_stale_temporaries, save_atomically
-from atmc_plugin.recipe import RecipeError, load_recipe
-from atmc_plugin.rundir import RunDir, load_checkpoint
 
 TINY = Path(__file__).parent / "recipes" / "tiny_tp.toml"
 
@@ -240,7 +240,7 @@ def test_killed_at_ten_random_points_the_run_resumes_to_the_same_results(tmp_pat
 
 
 def test_a_crafted_final_checkpoint_is_refused(reference: Path, tmp_path: Path) -> None:
-    from atmc_plugin.rundir import sealed
+    from atmc_plugin.app.rundir import sealed
 
     final = tmp_path / "final.pt"
     payload = torch.load(reference / "final.pt", weights_only=True)

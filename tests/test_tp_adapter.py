@@ -21,7 +21,7 @@ from tp_models import MobileBlockNet, TokenMLPBlock
 
 import atmc_plugin
 from atmc_plugin import ATMCConfig, ConfigError, ConstraintConfig, InputError
-from atmc_plugin.models import CifarResNet, DigitsCNN
+from atmc_plugin.app.models import CifarResNet, DigitsCNN
 
 PRUNERS = [
     tp.pruner.BasePruner,
@@ -417,7 +417,7 @@ def test_load_state_dict_resumes_mid_schedule(tmp_path) -> None:  # type: ignore
     """A fresh wrapper + load_state_dict behaves like the original from then on."""
     import atmc_plugin
     from atmc_plugin import ATMCConfig, ConstraintConfig
-    from atmc_plugin.models import DigitsCNN
+    from atmc_plugin.app.models import DigitsCNN
 
     def make():  # type: ignore[no-untyped-def]
         torch.manual_seed(0)

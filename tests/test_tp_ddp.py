@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import atmc_plugin
 from atmc_plugin import ATMCConfig
-from atmc_plugin.models import DigitsCNN
+from atmc_plugin.app.models import DigitsCNN
 
 WORLD = 2
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import ATMCError
+from ..errors import ATMCError
 
 
 def load_digits(

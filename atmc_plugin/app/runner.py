@@ -26,10 +26,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..config import ATMCConfig
+from ..core import ATMC
+from ..errors import ATMCError, InputError
 from .build import Data, build_pruner, inc_configs
-from .config import ATMCConfig
-from .core import ATMC
-from .errors import ATMCError, InputError
 from .recipe import Recipe
 from .rundir import RunDir
 
@@ -45,11 +45,11 @@ class Trainer:
     """Holds the model and the tools of the current stage; :meth:`run` drives the stages.
 
     :param recipe: the validated recipe.
-    :param data: its data (see :func:`atmc_plugin.build.check_recipe`).
+    :param data: its data (see :func:`atmc_plugin.app.build.check_recipe`).
     :param device: where to train.
     :param run: the run folder (``None`` on ranks that do not write).
     :param progress: show tqdm progress bars.
-    :param ctx: the :class:`~atmc_plugin.distributed.Context` (default: one process).
+    :param ctx: the :class:`~atmc_plugin.app.distributed.Context` (default: one process).
     """
 
     def __init__(
@@ -288,7 +288,7 @@ class Trainer:
         )
 
     def test_accuracy(self) -> float:
-        from .modes import preserved_modes
+        from ..modes import preserved_modes
 
         x, y = self.data.x_test.to(self.device), self.data.y_test.to(self.device)
         correct = 0

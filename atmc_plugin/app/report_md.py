@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import ATMCError, InputError
-from .io import write_text_atomically
+from ..errors import ATMCError, InputError
+from ..io import write_text_atomically
 from .rundir import RunDir, read_json
 
 

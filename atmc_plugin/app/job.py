@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .adversary import unwrap_model
+from ..adversary import unwrap_model
+from ..errors import ATMCError, InputError
+from ..modes import preserved_modes
 from .build import Data, build_model, check_recipe, resolve_device
-from .errors import ATMCError, InputError
-from .modes import preserved_modes
 from .recipe import Recipe, RecipeError
 from .rundir import RunDir, load_checkpoint, read_json, read_tagged
 from .runner import Trainer, train_batches
@@ -176,8 +176,8 @@ def load_final(path: Path, device: torch.device) -> tuple[Recipe, Data, nn.Modul
 
     :raises InputError: not a final checkpoint of ``atmc run``.
     """
+    from ..core import ATMC
     from .build import load_data
-    from .core import ATMC
     from .recipe import recipe_from_dict
 
     payload = read_tagged(path, FINAL_FORMAT)
@@ -224,7 +224,7 @@ def latency(model: nn.Module, batch: Tensor, repeats: int = 30) -> float:
 
 def _size(trainer: Trainer, run: RunDir, dense: nn.Module) -> dict[str, Any]:
     """Paper-convention size ratio, storage-honest bytes (and the compact file), params, MACs."""
-    from .export import layer_costs, save_compact
+    from ..export import layer_costs, save_compact
 
     model = unwrap_model(trainer.model)
     dense_bytes = sum(t.numel() * t.element_size() for t in dense.state_dict().values())
@@ -258,7 +258,7 @@ def _merged(model: nn.Module, recipe: Recipe, data: Data) -> nn.Module:
     """The deployed form of ``model``: factorized weights merged into one tensor per layer."""
     from torch.nn.utils import parametrize
 
-    from .engine.factorize import merged_state_dict
+    from ..engine.factorize import merged_state_dict
 
     plain = unwrap_model(model)
     if not any(parametrize.is_parametrized(m) for m in plain.modules()):
@@ -278,7 +278,7 @@ def evaluate_pair(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Honest evaluation (:func:`atmc_plugin.evaluate`) of each model on the test split."""
-    from .robustness import evaluate
+    from ..robustness import evaluate
 
     n = recipe.eval_limit or len(data.y_test)
     x, y = data.x_test[:n].to(device), data.y_test[:n].to(device)
@@ -292,7 +292,7 @@ def evaluate_pair(
 
 def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any]:
     """INC conversion, evaluation of dense vs compressed, sizes, latency, artifacts."""
-    from .io import save_atomically
+    from ..io import save_atomically
     from .rundir import sealed
 
     recipe, data, dev = trainer.recipe, trainer.data, trainer.device

@@ -36,8 +36,8 @@ from typing import Any
 
 import torch
 
-from .errors import ATMCError, InputError
-from .io import (
+from ..errors import ATMCError, InputError
+from ..io import (
     DIGEST_KEY,
     remove_stale_temporaries,
     save_atomically,

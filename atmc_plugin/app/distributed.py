@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..errors import ATMCError
 from .build import Data
-from .errors import ATMCError
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Turning a validated :class:`~atmc_plugin.recipe.Recipe` into objects: data, model, tools.
+"""Turning a validated :class:`~atmc_plugin.app.recipe.Recipe` into objects: data, model, tools.
 
 Everything that can fail on user input (missing data folder, unknown pruner class, an INC
 config INC itself rejects, an unavailable device) fails in :func:`check_recipe`, before any
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import ATMCError
+from ..errors import ATMCError
 from .recipe import Recipe, RecipeError
 
 
@@ -201,7 +201,7 @@ def _check_constraint_fits(recipe: Recipe, model: nn.Module) -> None:
     copy, so that a bad include pattern or nnz fails before pre-training."""
     import copy
 
-    from .core import ATMC
+    from ..core import ATMC
 
     try:
         ATMC(copy.deepcopy(model), recipe.atmc)

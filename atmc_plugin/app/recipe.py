@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ATMCConfig
+from ..config import ATMCConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
-from .errors import ConfigError, did_you_mean
+from ..errors import ConfigError, did_you_mean
 
 DATASETS = ("digits", "cifar10")
 MODELS = ("digits_cnn", "mlp", "resnet")

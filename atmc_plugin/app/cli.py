@@ -18,9 +18,9 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import ATMCError, ConfigError, InputError, PluginError
+from ..errors import ATMCError, ConfigError, InputError, PluginError
 
-log = logging.getLogger("atmc_plugin.cli")
+log = logging.getLogger("atmc_plugin.app.cli")
 
 EPILOG = """examples:
   atmc run examples/recipes/digits_tp_inc.toml            # the default recipe, a few minutes
@@ -125,7 +125,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_plugins(_args: argparse.Namespace) -> int:
-    from .plugins import get_plugin_manager
+    from ..plugins import get_plugin_manager
 
     pm = get_plugin_manager()
     dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
