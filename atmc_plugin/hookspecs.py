@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from torch import Tensor, nn
 
+    from .backend import BackendContext, CompressionBackend, ShipBackend
     from .config import ATMCConfig, AttackConfig, ConstraintConfig
     from .projection import Projection
 
@@ -91,6 +92,23 @@ def atmc_attackable_model(model: nn.Module) -> nn.Module | None:
     INC's int8 graphs. Stops at first non-None result.
 
     :param model: the model to evaluate.
+    """
+
+
+@hookspec(firstresult=True)
+def atmc_command_backend(
+    section: str, settings: Mapping[str, Any], context: BackendContext
+) -> CompressionBackend | ShipBackend | None:
+    """Return the backend the ``atmc`` command drives for recipe section ``section``, or
+    ``None`` when the section is not this plugin's tool. See :mod:`atmc_plugin.backend`.
+
+    Stops at first non-None result.
+
+    :param section: ``"torch_pruning"`` or ``"inc.atmc"`` (a
+        :class:`~atmc_plugin.backend.CompressionBackend` is wanted), ``"inc.static"`` (a
+        :class:`~atmc_plugin.backend.ShipBackend`), or a section a third-party tool defines.
+    :param settings: the section's keys and values, as the recipe gives them.
+    :param context: the run's ``[atmc]`` configuration, an example batch, seed, source.
     """
 
 

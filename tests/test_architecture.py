@@ -47,3 +47,77 @@ def test_library_module_imports_no_command_adapter_or_tool(path: Path) -> None:
 def test_the_check_sees_relative_imports() -> None:
     assert "atmc_plugin.app.job" in _imports(LIBRARY / "app" / "cli.py")
     assert "atmc_plugin.config" in _imports(LIBRARY / "app" / "recipe.py")
+
+
+@pytest.mark.parametrize(
+    "path", sorted((LIBRARY / "app").glob("*.py")), ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_command_reaches_tools_only_through_plugins(path: Path) -> None:
+    tools = ("atmc_plugin_adapters", "torch_pruning", "neural_compressor")
+    bad = [n for n in _imports(path) if n.startswith(tools)]
+    assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+TP_RECIPE = (
+    "[model]\nname = 'digits_cnn'\nwidth = 4\n[data]\ntrain_limit = 32\ntest_limit = 8\n"
+    "[torch_pruning]\npruner = 'MagnitudePruner'\nimportance = 'GroupMagnitudeImportance'\n"
+)
+
+
+def test_a_section_no_plugin_handles_is_refused(tmp_path: Path) -> None:
+    import torch
+
+    from atmc_plugin import get_plugin_manager
+    from atmc_plugin.app.backends import resolve_tools
+    from atmc_plugin.app.recipe import RecipeError, load_recipe
+
+    (tmp_path / "r.toml").write_text(TP_RECIPE)
+    recipe = load_recipe(tmp_path / "r.toml")
+    bare = get_plugin_manager(entry_points=False)
+    with pytest.raises(RecipeError, match=r"no installed plugin handles the \[torch_pruning\]"):
+        resolve_tools(recipe, torch.zeros(1, 1, 8, 8), bare)
+
+
+def test_a_plugin_backend_replaces_the_adapter(tmp_path: Path) -> None:
+    """`atmc run` drives whatever backend the hook returns: a third tool needs no change to the
+    command. Here a plugin takes over [torch_pruning] with plain ATMC and records its calls."""
+
+    import json
+
+    import atmc_plugin
+    from atmc_plugin import default_plugin_manager
+    from atmc_plugin.app.backends import PlainBackend
+    from atmc_plugin.app.cli import main
+
+    calls: list[str] = []
+
+    class Recording(PlainBackend):
+        section = "torch_pruning"
+
+        def on_epoch(self, epoch: int, epochs: int) -> None:
+            calls.append(f"epoch {epoch}/{epochs}")
+
+        def finalize(self, model):
+            calls.append("finalize")
+            return super().finalize(model)
+
+    class Plugin:
+        @atmc_plugin.hookimpl
+        def atmc_command_backend(self, section, settings, context):
+            return Recording(context) if section == "torch_pruning" else None
+
+    recipe = (ROOT / "tests" / "recipes" / "tiny_tp.toml").read_text()
+    recipe = recipe.replace("compress_epochs = 3", "compress_epochs = 2")
+    recipe = recipe.replace("finetune_epochs = 2", "finetune_epochs = 1")
+    recipe = recipe.replace("pretrain_epochs = 2", "pretrain_epochs = 1")
+    (tmp_path / "r.toml").write_text(recipe)
+    pm = default_plugin_manager()
+    pm.register(Plugin(), name="recording")  # registered last: asked first
+    try:
+        assert main(["run", str(tmp_path / "r.toml"), "--out", str(tmp_path / "o")]) == 0
+    finally:
+        pm.unregister(name="recording")
+    assert calls == ["epoch 0/2", "epoch 1/2", "epoch 2/2", "finalize"]
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert results["size"]["compression"]["budget"] > 0  # plain ATMC's report, not a pruner's
+    assert "channels" not in results["size"]["compression"]

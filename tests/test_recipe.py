@@ -128,19 +128,13 @@ def test_values_that_used_to_crash_later_are_refused(tmp_path, section, line, ma
 
 @pytest.mark.parametrize("name", ["Importance", "ATMCConfig", "OrderedDict"])
 def test_importance_names_must_be_importances(tmp_path, name) -> None:
-    from atmc_plugin.app.build import build_pruner, load_data
-
     path = tmp_path / "r.toml"
     path.write_text(
         "[model]\nname = 'digits_cnn'\nwidth = 4\n[data]\ntrain_limit = 32\ntest_limit = 8\n"
         f"[torch_pruning]\npruner = 'BasePruner'\nimportance = '{name}'\n"
     )
-    recipe = load_recipe(path)
-    data = load_data(recipe)
-    from atmc_plugin.app.build import build_model
-
-    with pytest.raises(RecipeError, match="importance"):
-        build_pruner(recipe, build_model(recipe, data), data.example)
+    with pytest.raises(RecipeError, match=r"r\.toml: \[torch_pruning\] importance"):
+        check_recipe(load_recipe(path), torch.device("cpu"))
 
 
 @pytest.mark.parametrize(

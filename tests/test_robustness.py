@@ -34,7 +34,6 @@ def test_standard_preset_runs_the_ensemble(tiny_model) -> None:
     tiny_model.eval()
     report = evaluate(tiny_model, (x, y), eps=0.3, preset="standard")
     assert set(report.per_attack) == {"pgd20x5", "apgd-ce", "apgd-t", "fab-t", "square"}
-    assert report.robust <= report.clean
 
 
 def test_cascade_attacks_only_the_points_still_robust(tiny_model) -> None:

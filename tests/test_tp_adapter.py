@@ -330,9 +330,7 @@ def test_bad_input() -> None:
     with pytest.raises(ConfigError, match="factorize = true cannot be combined"):
         atmc_plugin.wrap(
             pruner,
-            ATMCConfig(
-                constraint={"factorize": True} and atmc_plugin.ConstraintConfig(factorize=True)
-            ),
+            ATMCConfig(constraint=atmc_plugin.ConstraintConfig(factorize=True)),
         )
     with pytest.raises(InputError, match="example_inputs are on meta"):
         atmc_plugin.wrap(pruner, CFG, example_inputs=torch.rand(1, 1, 8, 8, device="meta"))

@@ -94,3 +94,15 @@ def atmc_build_adapter(target: Any, config: ATMCConfig, options: Mapping[str, An
     from .wrapping import from_inc_config
 
     return from_inc_config(target, config)
+
+
+@hookimpl
+def atmc_command_backend(section: str, settings: Mapping[str, Any], context: Any) -> Any:
+    """The ``atmc`` command's backends for the ``[inc.atmc]`` and ``[inc.static]`` sections."""
+    if section not in ("inc.atmc", "inc.static"):
+        return None
+    load()
+    from .backend import ATMCQuantBackend, StaticInt8Backend
+
+    cls = ATMCQuantBackend if section == "inc.atmc" else StaticInt8Backend
+    return cls(settings, context)

@@ -76,3 +76,13 @@ def atmc_build_adapter(target: Any, config: ATMCConfig, options: Mapping[str, An
             f"valid: {sorted(_OPTIONS)}."
         )
     return ATMCPruner(target, config, **dict(options))
+
+
+@hookimpl
+def atmc_command_backend(section: str, settings: Mapping[str, Any], context: Any) -> Any:
+    """The ``atmc`` command's backend for the ``[torch_pruning]`` recipe section."""
+    if section != "torch_pruning":
+        return None
+    from .backend import PruningBackend
+
+    return PruningBackend(settings, context)

@@ -1,14 +1,13 @@
-"""Turning a validated :class:`~atmc_plugin.app.recipe.Recipe` into objects: data, model, tools.
+"""Turning a validated :class:`~atmc_plugin.app.recipe.Recipe` into objects: data and model.
 
 Everything that can fail on user input (missing data folder, unknown pruner class, an INC
 config INC itself rejects, an unavailable device) fails in :func:`check_recipe`, before any
-training starts.
+training starts; the tools come from their backends (:mod:`atmc_plugin.app.backends`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -84,99 +83,13 @@ def build_model(recipe: Recipe, data: Data) -> nn.Module:
         raise RecipeError(f"{recipe.path}: [model] {recipe.model_name}: {exc}") from exc
 
 
-def build_pruner(recipe: Recipe, model: nn.Module, example: Tensor) -> Any:
-    """The Torch-Pruning pruner the ``[torch_pruning]`` section names (not yet wrapped)."""
-    import torch_pruning as tp
-
-    section = dict(recipe.torch_pruning or {})
-    name = section.pop("pruner")
-    cls = getattr(tp.pruner, name, None)
-    if not isinstance(cls, type):
-        choices = [n for n in dir(tp.pruner) if n.endswith("Pruner")]
-        raise RecipeError(
-            f"{recipe.path}: [torch_pruning] pruner = {name!r} is not a torch_pruning.pruner "
-            f"class; choose one of {', '.join(choices)}."
-        )
-    importance = _importance(recipe, section.pop("importance"))
-    modules = dict(model.named_modules())
-    ignored = []
-    for layer in section.pop("ignored_layers"):
-        if layer not in modules:
-            raise RecipeError(
-                f"{recipe.path}: [torch_pruning] ignored_layers names {layer!r}, which is not a "
-                f"module of {type(model).__name__}; its layers: {', '.join(list(modules)[1:8])}..."
-            )
-        ignored.append(modules[layer])
-    try:
-        return cls(model, example, importance=importance, ignored_layers=ignored, **section)
-    except TypeError as exc:
-        raise RecipeError(f"{recipe.path}: [torch_pruning] {name}: {exc}") from exc
-
-
-def _importance(recipe: Recipe, name: str) -> Any:
-    import torch_pruning as tp
-    from atmc_plugin_adapters import torchpruning as adapter
-
-    ours = ("ADMMProxyImportance", "RobustTaylorImportance")
-    cls = getattr(adapter, name, None) if name in ours else getattr(tp.importance, name, None)
-    base = tp.importance.Importance
-    is_tp = isinstance(cls, type) and issubclass(cls, base) and cls is not base
-    if not (is_tp or (name in ours and isinstance(cls, type))):
-        raise RecipeError(
-            f"{recipe.path}: [torch_pruning] importance = {name!r} is neither an atmc-plugin "
-            "importance (ADMMProxyImportance, RobustTaylorImportance) nor a "
-            "torch_pruning.importance class (e.g. GroupMagnitudeImportance)."
-        )
-    if name == "RobustTaylorImportance":
-        raise RecipeError(
-            f"{recipe.path}: [torch_pruning] importance = 'RobustTaylorImportance' needs batches "
-            "from Python; use it through atmc_plugin.wrap in your own loop, or pick "
-            "ADMMProxyImportance here."
-        )
-    if cls is None:  # unreachable: checked above (keeps the type checker informed)
-        raise RecipeError(f"{recipe.path}: [torch_pruning] importance = {name!r} is unknown.")
-    try:
-        return cls()
-    except TypeError as exc:  # an abstract base or one that needs arguments
-        raise RecipeError(
-            f"{recipe.path}: [torch_pruning] importance = {name!r} cannot be built without "
-            f"arguments ({exc}); pick a concrete importance such as GroupMagnitudeImportance."
-        ) from exc
-
-
-def inc_configs(recipe: Recipe) -> dict[str, Any]:
-    """INC config objects from the ``[inc]`` dict form (``atmc`` and ``static``)."""
-    if not recipe.inc:
-        return {}
-    from atmc_plugin_adapters.inc import ATMCQuantConfig
-    from atmc_plugin_adapters.inc.pt2e import static_config_from_dict
-
-    out: dict[str, Any] = {}
-    for algo, settings in recipe.inc.items():
-        try:
-            if algo == "atmc":
-                config = ATMCQuantConfig.from_dict(settings)
-                config.validate()
-            else:
-                config = static_config_from_dict(settings)
-        except (TypeError, ValueError, KeyError) as exc:  # ConfigError is a ValueError
-            raise RecipeError(f"{recipe.path}: [inc.{algo}] {exc}") from exc
-        if algo == "atmc" and config.backend == "rtn":
-            raise RecipeError(
-                f"{recipe.path}: [inc.atmc] backend = 'rtn'"
-                f"{'' if 'backend' in settings else ' (the default)'}: INC's RTN "
-                "replaces the Linear layers with weight-only modules, which the "
-                "fine-tuning stage cannot train and final.pt cannot rebuild. Set "
-                "backend = 'pt2e' (ATMC on INC's int8 grid, add [inc.static] to ship "
-                "int8) or backend = 'none'; for RTN, call quantize(model, "
-                "ATMCQuantConfig(backend='rtn'), run_fn=...) from Python."
-            )
-        out[algo] = config
-    return out
-
-
 def check_recipe(recipe: Recipe, device: torch.device) -> Data:
-    """Everything that can fail on the recipe, tried before any training; returns the data."""
+    """Everything that can fail on the recipe, tried before any training; returns the data.
+
+    The tool sections are checked by their backends (:mod:`atmc_plugin.app.backends`).
+    """
+    from .backends import check_tools, resolve_tools
+
     data = load_data(recipe)
     torch.manual_seed(recipe.seed)
     model = build_model(recipe, data).to(device)
@@ -189,10 +102,8 @@ def check_recipe(recipe: Recipe, device: torch.device) -> Data:
             f"{recipe.path}: [model] {recipe.model_name} does not accept the {recipe.dataset} "
             f"inputs of shape {tuple(example.shape[1:])}: {exc}"
         ) from exc
-    if recipe.torch_pruning is not None:
-        build_pruner(recipe, model, example)
-    inc_configs(recipe)
     _check_constraint_fits(recipe, model)
+    check_tools(recipe, resolve_tools(recipe, example), model)
     return data
 
 
@@ -207,10 +118,3 @@ def _check_constraint_fits(recipe: Recipe, model: nn.Module) -> None:
         ATMC(copy.deepcopy(model), recipe.atmc)
     except ATMCError as exc:
         raise RecipeError(f"{recipe.path}: [atmc] {exc}") from exc
-    inc_atmc = inc_configs(recipe).get("atmc")
-    if inc_atmc is not None:  # its attack (maybe a plugin's) and budget, on this model
-        ops = [name for name, _type in inc_atmc.get_model_info(model)]
-        try:
-            ATMC(copy.deepcopy(model), inc_atmc.to_atmc(ops))
-        except ATMCError as exc:
-            raise RecipeError(f"{recipe.path}: [inc.atmc] {exc}") from exc

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from ..adversary import unwrap_model
 from ..errors import ATMCError, InputError
 from ..modes import preserved_modes
+from .backends import Tools, resolve_tools
 from .build import Data, build_model, check_recipe, resolve_device
 from .recipe import Recipe, RecipeError
 from .rundir import RunDir, load_checkpoint, read_json, read_tagged
@@ -147,27 +148,16 @@ def _run_info(recipe: Recipe, device: torch.device, world_size: int) -> dict[str
     }
 
 
-def ship(recipe: Recipe, model: nn.Module, data: Data) -> nn.Module:
-    """The model to ship: INC static int8 when ``[inc.static]`` is set, else ``model`` itself.
-
-    The int8 calibration is seeded by the recipe, so it is the same on every call.
+def ship(recipe: Recipe, model: nn.Module, data: Data, tools: Tools | None = None) -> nn.Module:
+    """The model to ship: the ship backend's (INC static int8 with ``[inc.static]``), else
+    ``model`` itself. The calibration batches are the first 512 training examples.
     """
-    if not recipe.inc or "static" not in recipe.inc:
+    tools = tools or resolve_tools(recipe, data.example)
+    if tools.ship is None:
         return model
-    from atmc_plugin_adapters.inc.pt2e import quantize_static_int8
-
-    from .build import inc_configs
-
     device = next(model.parameters()).device
     calib = train_batches(data.x_train[:512].to(device), data.y_train[:512].to(device), 128)
-    return quantize_static_int8(
-        model,
-        data.example.to(device),
-        calib,
-        attack=recipe.atmc.attack,
-        config=inc_configs(recipe)["static"],
-        seed=recipe.seed,
-    )
+    return tools.ship.ship(model, calib)
 
 
 def load_final(path: Path, device: torch.device) -> tuple[Recipe, Data, nn.Module, nn.Module]:
@@ -176,7 +166,6 @@ def load_final(path: Path, device: torch.device) -> tuple[Recipe, Data, nn.Modul
 
     :raises InputError: not a final checkpoint of ``atmc run``.
     """
-    from ..core import ATMC
     from .build import load_data
     from .recipe import recipe_from_dict
 
@@ -186,14 +175,9 @@ def load_final(path: Path, device: torch.device) -> tuple[Recipe, Data, nn.Modul
         data = load_data(recipe)
         torch.manual_seed(recipe.seed)
         model = build_model(recipe, data).to(device)
-        if payload["pruner"] is not None:
-            import torch_pruning as tp
-
-            with preserved_modes(model):
-                graph = tp.DependencyGraph().build_dependency(model, example_inputs=data.example)
-                graph.load_pruning_history(payload["pruner"]["pruning_history"])
-        elif payload["atmc"] is not None and recipe.atmc.constraint.factorize:
-            ATMC(model, recipe.atmc)  # re-creates the low-rank + sparse parametrization
+        tools = resolve_tools(recipe, data.example.to(device))
+        if payload["tools"] is not None:
+            tools.compress.rebuild(model, payload["tools"])
         model.load_state_dict(payload["model"])
     except ATMCError:
         raise
@@ -204,7 +188,7 @@ def load_final(path: Path, device: torch.device) -> tuple[Recipe, Data, nn.Modul
             "it was not modified."
         ) from exc
     model.eval()
-    return recipe, data, model, ship(recipe, model, data)
+    return recipe, data, model, ship(recipe, model, data, tools)
 
 
 def latency(model: nn.Module, batch: Tensor, repeats: int = 30) -> float:
@@ -231,9 +215,9 @@ def _size(trainer: Trainer, run: RunDir, dense: nn.Module) -> dict[str, Any]:
     out: dict[str, Any] = {"dense_state_bytes": dense_bytes}
     atmc = trainer.atmc
     if atmc is not None:
-        report = trainer.pruner.report() if trainer.pruner is not None else atmc.report()
-        out["compression"] = report.to_dict()
-        out["size_ratio"] = getattr(report, "elementwise", report).size_ratio
+        elementwise, whole = trainer.backend.report()
+        out["compression"] = whole
+        out["size_ratio"] = elementwise.size_ratio
         try:
             storage = save_compact(run.root / "model.safetensors", model, atmc)
         except InputError as exc:  # values off their quantization set: nothing to export
@@ -297,7 +281,7 @@ def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any
 
     recipe, data, dev = trainer.recipe, trainer.data, trainer.device
     unwrap_model(trainer.model).eval()
-    shipped = ship(recipe, unwrap_model(trainer.model), data)
+    shipped = ship(recipe, unwrap_model(trainer.model), data, trainer.tools)
     dense = build_model(recipe, data).to(dev)
     dense.load_state_dict(load_checkpoint(run.dense, recipe)["model"])
     dense.eval()
@@ -318,8 +302,7 @@ def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any
         "recipe_path": str(recipe.path.resolve()),
         "recipe_digest": recipe.digest,
         "model": unwrap_model(trainer.model).state_dict(),
-        "pruner": trainer.pruner.state_dict() if trainer.pruner is not None else None,
-        "atmc": trainer.atmc.state_dict() if trainer.atmc is not None else None,
+        "tools": trainer.backend.state_dict() if trainer.atmc is not None else None,
     }
     save_atomically(sealed(final), run.final)
     run.write_json(run.results, results)

@@ -3,13 +3,13 @@
 Stages (epochs from ``[train]``):
 
 1. ``pretrain``: dense adversarial training with ``[atmc.attack]`` at ``lr``;
-2. ``compress``: ATMC at ``lr / 2``: through ``atmc_plugin.wrap`` on the ``[torch_pruning]``
-   pruner (its ``iterative_steps`` spread evenly over the stage), through INC's ``prepare``
-   with ``[inc.atmc]``, or as a plain :class:`~atmc_plugin.ATMC`;
-3. ``finetune``: hard projection (``finalize``; INC's ``convert`` with ``[inc.atmc]``), then
-   adversarial fine-tuning at ``lr / 10`` with masks and quantization sets fixed.
+2. ``compress``: ATMC at ``lr / 2`` through the recipe's compression backend (the
+   ``[torch_pruning]`` or ``[inc.atmc]`` adapter's, found through the plugins, or plain
+   :class:`~atmc_plugin.ATMC`; see :mod:`atmc_plugin.app.backends`);
+3. ``finetune``: the backend's hard projection (``finalize``), then adversarial fine-tuning
+   at ``lr / 10`` with masks and quantization sets fixed.
 
-After every epoch a checkpoint (model, optimizer, scheduler, ATMC / pruner state, RNG streams,
+After every epoch a checkpoint (model, optimizer, scheduler, backend state, RNG streams,
 number of metric records) is written atomically, so ``--resume`` after a kill at any point ends
 with the same final figures as an uninterrupted run. A non-finite loss or weight stops the run
 (:class:`DivergedError`) and keeps the last good checkpoint.
@@ -18,7 +18,6 @@ with the same final figures as an uninterrupted run. A non-finite loss or weight
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any
 
@@ -29,7 +28,8 @@ from torch.nn import functional as F
 from ..config import ATMCConfig
 from ..core import ATMC
 from ..errors import ATMCError, InputError
-from .build import Data, build_pruner, inc_configs
+from .backends import resolve_tools
+from .build import Data
 from .recipe import Recipe
 from .rundir import RunDir
 
@@ -73,7 +73,8 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(recipe.seed)
         self.metrics_count = 0
         self.atmc: ATMC | None = None  # the ATMC of the compress/finetune stages
-        self.pruner: Any = None  # ATMCPruner with [torch_pruning]
+        self.tools = resolve_tools(recipe, data.example.to(device))
+        self.backend = self.tools.compress
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.perturb: Any = None
@@ -97,45 +98,25 @@ class Trainer:
         return self._ddp[1]
 
     # -- stage set-up ------------------------------------------------------------------------
-    def _optimizer(self, stage: str, epochs: int) -> None:
+    def _optimizer(self, stage: str, epochs: int, model: nn.Module | None = None) -> Any:
         spec = self.recipe.train
         lr = spec.lr * STAGE_LR[stage]
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(),
+            (model or self.model).parameters(),
             lr=lr,
             momentum=spec.momentum,
             weight_decay=spec.weight_decay if stage != "finetune" else 0.0,
         )
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, max(1, epochs))
+        return self.optimizer
 
     def _build_compress(self) -> None:
         """Create the compress stage's tools on the current model (fresh or pre-trained)."""
         recipe = self.recipe
         epochs = dict(recipe.stages)["compress"]
-        if recipe.torch_pruning is not None:
-            import atmc_plugin
-
-            pruner = build_pruner(recipe, self.model, self.data.example.to(self.device))
-            self._optimizer("compress", epochs)
-            self.pruner = atmc_plugin.wrap(
-                pruner,
-                recipe.atmc,
-                optimizer=self.optimizer,
-                example_inputs=self.data.example.to(self.device),
-            )
-            self.atmc = self.pruner.atmc
-        elif recipe.inc and "atmc" in recipe.inc:
-            from atmc_plugin_adapters.inc import session_of
-            from neural_compressor.torch.quantization import prepare
-
-            config = inc_configs(recipe)["atmc"]
-            self.model = prepare(self.model, config)
-            self.atmc = session_of(self.model).atmc
-            self._optimizer("compress", epochs)
-        else:
-            self.atmc = ATMC(self.model, recipe.atmc)
-            self._optimizer("compress", epochs)
-            self.atmc.attach(self._require_optimizer())
+        self.model, self.atmc, _ = self.backend.prepare(
+            self.model, lambda model: self._optimizer("compress", epochs, model)
+        )
         self.perturb, self.penalty = self.atmc.perturb, self.atmc.penalty
         c = self.atmc.config.constraint
         stage_steps = epochs * -(-len(self.y_train) // recipe.batch_size)
@@ -151,14 +132,7 @@ class Trainer:
 
     def _finalize(self) -> None:
         """End of compression: hard projection onto the constraint set."""
-        if self.pruner is not None:
-            self.pruner.finalize()
-        elif self.recipe.inc and "atmc" in self.recipe.inc:
-            from neural_compressor.torch.quantization import convert
-
-            self.model = convert(self.model)
-        elif self.atmc is not None:
-            self.atmc.finalize()
+        self.model = self.backend.finalize(self.model)
 
     def _require_optimizer(self) -> torch.optim.Optimizer:
         if self.optimizer is None:
@@ -201,26 +175,14 @@ class Trainer:
         return self.atmc
 
     def _load_tools(self, restore: dict[str, Any]) -> None:
-        if self.pruner is not None:
-            self.pruner.load_state_dict(restore["pruner"])
-        else:
-            self._require_atmc().load_state_dict(restore["atmc"])
+        if "tools" not in restore:
+            raise InputError(
+                "the checkpoint holds no compression state in the form this atmc-plugin writes "
+                "(written by an older version?); start a new run in a new folder."
+            )
+        self.backend.load_state_dict(restore["tools"])
 
     # -- training ----------------------------------------------------------------------------
-    def _prune_steps_due(self, epoch: int, epochs: int) -> None:
-        if self.pruner is None:
-            return
-        steps = int(self.pruner.iterative_steps)
-        while self.pruner.current_step < steps and epoch >= math.floor(
-            self.pruner.current_step * epochs / steps
-        ):
-            self.pruner.step()
-            log.info(
-                "pruning step %d/%d: %d parameters",
-                self.pruner.current_step,
-                steps,
-                sum(p.numel() for p in self.model.parameters()),
-            )
 
     def train_epoch(self, stage: str, epoch: int) -> dict[str, Any]:
         """One epoch; raises :class:`DivergedError` on a non-finite loss or weight."""
@@ -252,8 +214,8 @@ class Trainer:
                 raise self._diverged(stage, epoch, step, f"loss = {float(loss.detach())}")
             opt.zero_grad()
             loss.backward()
-            if self.pruner is not None and stage == "compress":
-                self.pruner.regularize(self.model)
+            if stage == "compress":
+                self.backend.before_step(self.model)
             try:
                 opt.step()
             except InputError as exc:  # ATMC refuses NaN/inf weights before projecting
@@ -314,10 +276,8 @@ class Trainer:
             },
             "metrics_count": self.metrics_count,
         }
-        if self.pruner is not None:
-            state["pruner"] = self.pruner.state_dict()
-        elif self.atmc is not None:
-            state["atmc"] = self.atmc.state_dict()
+        if self.atmc is not None:
+            state["tools"] = self.backend.state_dict()
         return state
 
     def run(self, checkpoint: dict[str, Any] | None) -> None:
@@ -338,7 +298,7 @@ class Trainer:
             for epoch in range(first, epochs):
                 started = time.perf_counter()
                 if stage == "compress":
-                    self._prune_steps_due(epoch, epochs)
+                    self.backend.on_epoch(epoch, epochs)
                 stats = self.train_epoch(stage, epoch)
                 self.scheduler.step()
                 record = {
@@ -367,8 +327,8 @@ class Trainer:
                     self.run_dir.save_checkpoint(
                         self.run_dir.last, self.state(index, epoch + 1), self.recipe
                     )
-            if stage == "compress" and self.pruner is not None:
-                self._prune_steps_due(epochs, epochs)  # steps left by a short stage
+            if stage == "compress":
+                self.backend.on_epoch(epochs, epochs)  # structural steps left by a short stage
             if stage == "pretrain" and self.run_dir is not None:
                 self.run_dir.save_checkpoint(
                     self.run_dir.dense, {"model": self.model.state_dict()}, self.recipe

@@ -1,0 +1,137 @@
+"""The ``[inc.atmc]`` and ``[inc.static]`` recipe sections as backends of the ``atmc`` command.
+
+- ``[inc.atmc]``: INC's dict form of :class:`ATMCQuantConfig`; compression runs through INC's
+  ``prepare`` (ATMC on INC's integer grid) and ends with INC's ``convert``.
+- ``[inc.static]``: INC's dict form of ``StaticQuantConfig``; the trained model is shipped as
+  INC's static int8 graph (PT2E), calibrated with adversarial batches.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from atmc_plugin import ATMC, ATMCError, ConfigError
+from atmc_plugin.backend import BackendContext, MakeOptimizer
+from atmc_plugin.report import CompressionReport
+
+from .algorithm import session_of
+from .config import ATMCQuantConfig
+
+
+def _error(section: str, exc: Exception) -> ConfigError:
+    return ConfigError(f"[{section}] {exc}")
+
+
+class ATMCQuantBackend:
+    """ATMC through INC's ``prepare``/``convert`` with :class:`ATMCQuantConfig`.
+
+    :raises ConfigError: settings INC or ATMC refuse, or ``backend = "rtn"``, whose weight-only
+        modules the fine-tuning stage cannot train and a final checkpoint cannot rebuild.
+    """
+
+    section = "inc.atmc"
+
+    def __init__(self, settings: Mapping[str, Any], context: BackendContext) -> None:
+        try:
+            config = ATMCQuantConfig.from_dict(dict(settings))
+            config.validate()
+        except (TypeError, ValueError, KeyError) as exc:  # ConfigError is a ValueError
+            raise _error(self.section, exc) from exc
+        if config.backend == "rtn":
+            default = "" if "backend" in settings else " (the default)"
+            raise ConfigError(
+                f"[{self.section}] backend = 'rtn'{default}: INC's RTN replaces the Linear "
+                "layers with weight-only modules, which the fine-tuning stage cannot train and "
+                "final.pt cannot rebuild. Set backend = "
+                "'pt2e' (ATMC on INC's int8 grid, add [inc.static] to ship int8) or backend = "
+                "'none'; for RTN, call quantize(model, ATMCQuantConfig(backend='rtn'), "
+                "run_fn=...) from Python."
+            )
+        self.config = config
+        self.context = context
+        self.atmc: ATMC | None = None
+
+    def check(self, model: nn.Module) -> None:
+        """Its attack (maybe a plugin's) and budget, on this model."""
+        ops = [name for name, _type in self.config.get_model_info(model)]
+        try:
+            ATMC(copy.deepcopy(model), self.config.to_atmc(ops))
+        except ATMCError as exc:
+            raise _error(self.section, exc) from exc
+
+    def prepare(
+        self, model: nn.Module, make_optimizer: MakeOptimizer
+    ) -> tuple[nn.Module, ATMC, torch.optim.Optimizer]:
+        from neural_compressor.torch.quantization import prepare
+
+        model = prepare(model, self.config)
+        session = session_of(model)
+        optimizer = make_optimizer(model)
+        session.attach(optimizer)
+        self.atmc = session.atmc
+        return model, session.atmc, optimizer
+
+    def _atmc(self) -> ATMC:
+        if self.atmc is None:
+            raise ConfigError("internal: the INC backend was not prepared.")
+        return self.atmc
+
+    def on_epoch(self, epoch: int, epochs: int) -> None:
+        """Nothing: INC changes no structure during training."""
+
+    def before_step(self, model: nn.Module) -> None:
+        """Nothing: the projections run from the optimizer's step."""
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        from neural_compressor.torch.quantization import convert
+
+        return convert(model)
+
+    def report(self) -> tuple[CompressionReport, dict[str, Any]]:
+        report = self._atmc().report()
+        return report, report.to_dict()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._atmc().state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._atmc().load_state_dict(state)
+
+    def rebuild(self, model: nn.Module, state: dict[str, Any]) -> None:
+        """Nothing: the ``pt2e`` and ``none`` backends keep the model's structure."""
+
+
+class StaticInt8Backend:
+    """Ships the trained model as INC's static int8 graph (the model is left unchanged)."""
+
+    section = "inc.static"
+
+    def __init__(self, settings: Mapping[str, Any], context: BackendContext) -> None:
+        from .pt2e import static_config_from_dict
+
+        try:
+            self.config = static_config_from_dict(dict(settings))
+        except (TypeError, ValueError, KeyError) as exc:
+            raise _error(self.section, exc) from exc
+        self.context = context
+
+    def check(self, model: nn.Module) -> None:
+        """Nothing beyond the settings, checked when the backend is built."""
+
+    def ship(self, model: nn.Module, calibration: Iterable[tuple[Tensor, Tensor]]) -> nn.Module:
+        from .pt2e import quantize_static_int8
+
+        device = next(model.parameters()).device
+        return quantize_static_int8(
+            model,
+            self.context.example.to(device),
+            calibration,
+            attack=self.context.atmc.attack,
+            config=self.config,
+            seed=self.context.seed,
+        )

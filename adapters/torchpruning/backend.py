@@ -1,0 +1,164 @@
+"""The ``[torch_pruning]`` recipe section as a backend of the ``atmc`` command.
+
+The section names a Torch-Pruning pruner class and its keyword arguments (``pruner``,
+``importance``, ``ignored_layers`` by module name, then anything the class takes). The
+pruner is wrapped with ATMC; its ``iterative_steps`` are spread evenly over the compress
+stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from atmc_plugin import ATMC, ConfigError
+from atmc_plugin.backend import BackendContext, MakeOptimizer
+from atmc_plugin.modes import preserved_modes
+from atmc_plugin.report import CompressionReport
+
+from .pruner import ATMCPruner
+
+log = logging.getLogger(__name__)
+SECTION = "torch_pruning"
+OUR_IMPORTANCES = ("ADMMProxyImportance", "RobustTaylorImportance")
+
+
+def build_pruner(settings: Mapping[str, Any], model: nn.Module, example: Tensor) -> Any:
+    """The Torch-Pruning pruner ``settings`` names, on ``model`` (not yet wrapped).
+
+    :raises ConfigError: an unknown class, importance or layer, or arguments it refuses.
+    """
+    import torch_pruning as tp
+
+    section = dict(settings)
+    name = section.pop("pruner")
+    cls = getattr(tp.pruner, name, None)
+    if not isinstance(cls, type):
+        choices = [n for n in dir(tp.pruner) if n.endswith("Pruner")]
+        raise ConfigError(
+            f"[{SECTION}] pruner = {name!r} is not a torch_pruning.pruner class; choose one of "
+            f"{', '.join(choices)}."
+        )
+    importance = build_importance(section.pop("importance"))
+    modules = dict(model.named_modules())
+    ignored = []
+    for layer in section.pop("ignored_layers", []):
+        if layer not in modules:
+            raise ConfigError(
+                f"[{SECTION}] ignored_layers names {layer!r}, which is not a module of "
+                f"{type(model).__name__}; its layers: {', '.join(list(modules)[1:8])}..."
+            )
+        ignored.append(modules[layer])
+    try:
+        return cls(model, example, importance=importance, ignored_layers=ignored, **section)
+    except TypeError as exc:
+        raise ConfigError(f"[{SECTION}] {name}: {exc}") from exc
+
+
+def build_importance(name: str) -> Any:
+    """An importance by class name: ours, or one of ``torch_pruning.importance``."""
+    import torch_pruning as tp
+
+    from . import importance as ours
+
+    cls = getattr(ours, name, None) if name in OUR_IMPORTANCES else None
+    if cls is None:
+        cls = getattr(tp.importance, name, None)
+    base = tp.importance.Importance
+    is_tp = isinstance(cls, type) and issubclass(cls, base) and cls is not base
+    if not (is_tp or (name in OUR_IMPORTANCES and isinstance(cls, type))):
+        raise ConfigError(
+            f"[{SECTION}] importance = {name!r} is neither an atmc-plugin importance "
+            "(ADMMProxyImportance, RobustTaylorImportance) nor a torch_pruning.importance "
+            "class (e.g. GroupMagnitudeImportance)."
+        )
+    if name == "RobustTaylorImportance":
+        raise ConfigError(
+            f"[{SECTION}] importance = 'RobustTaylorImportance' needs batches from Python; use "
+            "it through atmc_plugin.wrap in your own loop, or pick ADMMProxyImportance here."
+        )
+    try:
+        return cls()  # type: ignore[misc]
+    except TypeError as exc:  # an abstract base or one that needs arguments
+        raise ConfigError(
+            f"[{SECTION}] importance = {name!r} cannot be built without arguments ({exc}); "
+            "pick a concrete importance such as GroupMagnitudeImportance."
+        ) from exc
+
+
+class PruningBackend:
+    """A wrapped Torch-Pruning pruner (:class:`ATMCPruner`) driven by the command.
+
+    :param settings: the ``[torch_pruning]`` section.
+    :param context: the run's context.
+    """
+
+    section = SECTION
+
+    def __init__(self, settings: Mapping[str, Any], context: BackendContext) -> None:
+        self.settings = dict(settings)
+        self.context = context
+        self.pruner: ATMCPruner | None = None
+
+    def check(self, model: nn.Module) -> None:
+        build_pruner(self.settings, model, self.context.example)
+
+    def prepare(
+        self, model: nn.Module, make_optimizer: MakeOptimizer
+    ) -> tuple[nn.Module, ATMC, torch.optim.Optimizer]:
+        example = self.context.example
+        pruner = build_pruner(self.settings, model, example)
+        optimizer = make_optimizer(model)
+        self.pruner = ATMCPruner(
+            pruner, self.context.atmc, optimizer=optimizer, example_inputs=example
+        )
+        return model, self.pruner.atmc, optimizer
+
+    def _pruner(self) -> ATMCPruner:
+        if self.pruner is None:
+            raise ConfigError("internal: the pruning backend was not prepared.")
+        return self.pruner
+
+    def on_epoch(self, epoch: int, epochs: int) -> None:
+        pruner = self._pruner()
+        steps = int(pruner.iterative_steps)
+        while pruner.current_step < steps and epoch >= math.floor(
+            pruner.current_step * epochs / steps
+        ):
+            pruner.step()
+            log.info(
+                "pruning step %d/%d: %d parameters",
+                pruner.current_step,
+                steps,
+                sum(p.numel() for p in pruner.model.parameters()),
+            )
+
+    def before_step(self, model: nn.Module) -> None:
+        self._pruner().regularize(model)
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        self._pruner().finalize()
+        return model
+
+    def report(self) -> tuple[CompressionReport, dict[str, Any]]:
+        report = self._pruner().report()
+        return report.elementwise, report.to_dict()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._pruner().state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._pruner().load_state_dict(state)
+
+    def rebuild(self, model: nn.Module, state: dict[str, Any]) -> None:
+        import torch_pruning as tp
+
+        example = self.context.example.to(next(model.parameters()).device)
+        with preserved_modes(model):
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+            graph.load_pruning_history(state["pruning_history"])

@@ -1,0 +1,148 @@
+"""The recipe's tools as backends (see :mod:`atmc_plugin.backend`), found through the plugins.
+
+The command knows tool sections only as names and dicts: ``[torch_pruning]`` is the section
+``"torch_pruning"``, ``[inc.<algo>]`` the section ``"inc.<algo>"``. Whatever plugin answers the
+``atmc_command_backend`` hook for a section provides its backend; without a compression
+section the command compresses with plain :class:`~atmc_plugin.ATMC`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..backend import BackendContext, CompressionBackend, MakeOptimizer, ShipBackend
+from ..core import ATMC
+from ..errors import ATMCError, InputError
+from ..plugins import ENTRY_POINT_GROUP, default_plugin_manager
+from ..report import CompressionReport
+from .recipe import Recipe, RecipeError
+
+
+class PlainBackend:
+    """Plain :class:`~atmc_plugin.ATMC` with the recipe's ``[atmc]`` configuration."""
+
+    section = "atmc"
+
+    def __init__(self, context: BackendContext) -> None:
+        self.context = context
+        self.atmc: ATMC | None = None
+
+    def check(self, model: nn.Module) -> None:
+        ATMC(copy.deepcopy(model), self.context.atmc)
+
+    def prepare(
+        self, model: nn.Module, make_optimizer: MakeOptimizer
+    ) -> tuple[nn.Module, ATMC, torch.optim.Optimizer]:
+        self.atmc = ATMC(model, self.context.atmc)
+        optimizer = make_optimizer(model)
+        self.atmc.attach(optimizer)
+        return model, self.atmc, optimizer
+
+    def _atmc(self) -> ATMC:
+        if self.atmc is None:
+            raise ATMCError("internal: the ATMC backend was not prepared.")
+        return self.atmc
+
+    def on_epoch(self, epoch: int, epochs: int) -> None:
+        """Nothing: ATMC changes no structure."""
+
+    def before_step(self, model: nn.Module) -> None:
+        """Nothing: the projections run from the optimizer's step."""
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        self._atmc().finalize()
+        return model
+
+    def report(self) -> tuple[CompressionReport, dict[str, Any]]:
+        report = self._atmc().report()
+        return report, report.to_dict()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._atmc().state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._atmc().load_state_dict(state)
+
+    def rebuild(self, model: nn.Module, state: dict[str, Any]) -> None:
+        if self.context.atmc.constraint.factorize:
+            ATMC(model, self.context.atmc)  # re-creates the low-rank + sparse parametrization
+
+
+@dataclass(frozen=True)
+class Tools:
+    """The backends of one recipe: the compressor and, if any, the shipper."""
+
+    compress: CompressionBackend
+    ship: ShipBackend | None
+
+
+def tool_sections(recipe: Recipe) -> list[tuple[str, dict[str, Any]]]:
+    """``(section name, settings)`` of every tool section of ``recipe``, in file order."""
+    sections = []
+    if recipe.torch_pruning is not None:
+        sections.append(("torch_pruning", dict(recipe.torch_pruning)))
+    for algo, settings in (recipe.inc or {}).items():
+        sections.append((f"inc.{algo}", dict(settings)))
+    return sections
+
+
+def resolve_tools(recipe: Recipe, example: Tensor, plugin_manager: Any = None) -> Tools:
+    """Ask the plugins for the backend of each tool section of ``recipe``.
+
+    :raises RecipeError: no plugin handles a section, a backend refuses its settings, or the
+        recipe names two compressors.
+    """
+    pm = plugin_manager if plugin_manager is not None else default_plugin_manager()
+    context = BackendContext(
+        source=str(recipe.path), atmc=recipe.atmc, example=example, seed=recipe.seed
+    )
+    compressors: list[CompressionBackend] = []
+    shippers: list[ShipBackend] = []
+    for section, settings in tool_sections(recipe):
+        try:
+            backend = pm.hook.atmc_command_backend(
+                section=section, settings=settings, context=context
+            )
+        except ATMCError as exc:
+            raise RecipeError(f"{recipe.path}: {exc}") from exc
+        if backend is None:
+            raise RecipeError(
+                f"{recipe.path}: no installed plugin handles the [{section}] section. Install "
+                f"the adapter of its tool (a plugin of the {ENTRY_POINT_GROUP!r} entry-point "
+                "group implementing atmc_command_backend), or remove the section."
+            )
+        if isinstance(backend, CompressionBackend):
+            compressors.append(backend)
+        elif isinstance(backend, ShipBackend):
+            shippers.append(backend)
+        else:
+            raise InputError(
+                f"the plugin backend for [{section}] ({type(backend).__name__}) implements "
+                "neither CompressionBackend nor ShipBackend (atmc_plugin.backend)."
+            )
+    if len(compressors) > 1 or len(shippers) > 1:
+        names = [b.section for b in compressors] + [b.section for b in shippers]
+        raise RecipeError(
+            f"{recipe.path}: sections {names} name more than one compressor or shipper; "
+            "keep one of each."
+        )
+    return Tools(
+        compress=compressors[0] if compressors else PlainBackend(context),
+        ship=shippers[0] if shippers else None,
+    )
+
+
+def check_tools(recipe: Recipe, tools: Tools, model: nn.Module) -> None:
+    """Every backend's :meth:`check` on a copy of ``model``; errors name the recipe file."""
+    for backend in (tools.compress, tools.ship):
+        if backend is None:
+            continue
+        try:
+            backend.check(copy.deepcopy(model))
+        except ATMCError as exc:
+            raise RecipeError(f"{recipe.path}: {exc}") from exc

@@ -1,0 +1,103 @@
+"""The contract between the ``atmc`` command and a tool's adapter: backends.
+
+The command (``atmc_plugin.app``) has no per-tool code. For each tool section of a recipe
+(``[torch_pruning]``, ``[inc.atmc]``, ``[inc.static]``) it asks the plugins for a backend
+through the ``atmc_command_backend`` hook, gives it plain values (:class:`BackendContext`,
+the section as a dict) and drives it:
+
+- a :class:`CompressionBackend` runs the compress and finetune stages (one per recipe; without
+  a tool section the command uses plain :class:`~atmc_plugin.ATMC`);
+- a :class:`ShipBackend` turns the trained model into the one that is deployed (INC's int8).
+
+Adapters implement these protocols with their tool's public API; a third tool is a plugin
+that does the same, with no change to the command or the library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from .config import ATMCConfig
+from .core import ATMC
+from .report import CompressionReport
+
+MakeOptimizer = Callable[[nn.Module], torch.optim.Optimizer]
+"""Builds the stage's optimizer for the parameters of the model it is given."""
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What the command tells a backend about the run.
+
+    :param source: where the settings come from (the recipe file), for error messages.
+    :param atmc: the recipe's ``[atmc]`` configuration.
+    :param example: an input batch on the training device (for tracing).
+    :param seed: the recipe's seed (calibration and other random choices).
+    """
+
+    source: str
+    atmc: ATMCConfig
+    example: Tensor
+    seed: int
+
+
+@runtime_checkable
+class CompressionBackend(Protocol):
+    """A tool's compress/finetune stages as the command drives them.
+
+    Errors in the settings raise :class:`~atmc_plugin.ConfigError` naming the key and the fix
+    (the command adds the file name); :meth:`check` raises them before any training.
+    """
+
+    section: str
+    """The recipe section it serves, e.g. ``"torch_pruning"`` (for messages)."""
+
+    def check(self, model: nn.Module) -> None:
+        """Build everything on ``model`` (a throwaway copy) so that bad settings fail now."""
+
+    def prepare(
+        self, model: nn.Module, make_optimizer: MakeOptimizer
+    ) -> tuple[nn.Module, ATMC, torch.optim.Optimizer]:
+        """Start compression: the model to train (maybe a new object), its :class:`ATMC`, and
+        the optimizer (from ``make_optimizer``) whose steps run the projections."""
+
+    def on_epoch(self, epoch: int, epochs: int) -> None:
+        """Before compress epoch ``epoch`` of ``epochs`` (and once with ``epoch == epochs``
+        after the last): structural changes that are due."""
+
+    def before_step(self, model: nn.Module) -> None:
+        """After ``backward()``, before the optimizer's step of a compress epoch."""
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        """Hard projection at the end of compression; returns the model to fine-tune."""
+
+    def report(self) -> tuple[CompressionReport, dict[str, Any]]:
+        """The element-wise compression report and the whole report as a plain dict."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain tensors and containers (loadable with ``weights_only=True``)."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` after :meth:`prepare` on a fresh model."""
+
+    def rebuild(self, model: nn.Module, state: dict[str, Any]) -> None:
+        """Give a freshly built dense ``model`` the structure that ``state`` was saved with
+        (pruned widths, factorization), so the final weights load into it."""
+
+
+@runtime_checkable
+class ShipBackend(Protocol):
+    """Turns the trained model into the deployed one (e.g. INC's static int8)."""
+
+    section: str
+
+    def check(self, model: nn.Module) -> None:
+        """Fail now on bad settings."""
+
+    def ship(self, model: nn.Module, calibration: Iterable[tuple[Tensor, Tensor]]) -> nn.Module:
+        """The deployed model; ``model`` itself is left unchanged."""
