@@ -450,3 +450,30 @@ def test_load_state_dict_resumes_mid_schedule(tmp_path) -> None:  # type: ignore
     assert fresh.pruning_history() == wrapped.pruning_history()
     with pytest.raises(atmc_plugin.InputError, match="freshly wrapped"):
         fresh.load_state_dict(state)
+
+
+def test_every_structure_change_goes_through_the_wrapper() -> None:
+    model, ex, pruner, opt = _digits_setup(steps=2)
+    wrapped = atmc_plugin.wrap(pruner, CFG, optimizer=opt, example_inputs=ex)
+    _train(model, wrapped, opt)
+    prune_out = tp.prune_conv_out_channels
+    conv1, conv2 = model.features[0], model.features[3]
+    width = conv1.out_channels
+    wrapped.manual_prune_width(conv1, prune_out, [0, 1])  # by indices
+    assert conv1.out_channels == width - 2
+    _assert_consistent(model, wrapped, opt)
+    wrapped.manual_prune_width(conv1, prune_out, 0.5)  # by ratio and importance
+    assert conv1.out_channels == (width - 2) - (width - 2) // 2
+    _assert_consistent(model, wrapped, opt)
+    group = wrapped.DG.get_pruning_group(conv2, prune_out, [0])
+    group.prune()
+    _assert_consistent(model, wrapped, opt)
+    _train(model, wrapped, opt)  # the optimizer trains the live tensors
+    wrapped.step()
+    _assert_consistent(model, wrapped, opt)
+    with pytest.raises(InputError, match="reset"):
+        wrapped.reset()
+    with pytest.raises(InputError, match="load_state_dict"):
+        wrapped.load_pruning_history(wrapped.pruning_history())
+    with pytest.raises(InputError, match="load_state_dict"):
+        wrapped.DG.load_pruning_history(wrapped.pruning_history())

@@ -61,11 +61,36 @@ class _TrackedGroup:
         self._owner._prune_group(self._group, *args, **kwargs)
 
 
+class _TrackedGraph:
+    """A Torch-Pruning ``DependencyGraph`` whose groups prune through the wrapper."""
+
+    def __init__(self, graph: Any, owner: ATMCPruner) -> None:
+        self._graph = graph
+        self._owner = owner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._graph, name)
+
+    def get_pruning_group(self, *args: Any, **kwargs: Any) -> _TrackedGroup:
+        return _TrackedGroup(self._graph.get_pruning_group(*args, **kwargs), self._owner)
+
+    def get_all_groups(self, *args: Any, **kwargs: Any) -> Iterator[_TrackedGroup]:
+        for group in self._graph.get_all_groups(*args, **kwargs):
+            yield _TrackedGroup(group, self._owner)
+
+    def load_pruning_history(self, pruning_history: Any) -> None:
+        self._owner.load_pruning_history(pruning_history)
+
+
 class ATMCPruner:
     """Wraps a ``torch_pruning`` pruner: adversarial training plus ATMC's constraint.
 
-    Every attribute not defined here is the wrapped pruner's (``DG``, ``importance``,
-    ``current_step``, ``iterative_steps``, ``pruning_history`` ...).
+    Every attribute not defined here is the wrapped pruner's (``importance``,
+    ``current_step``, ``iterative_steps``, ``pruning_history`` ...). Every Torch-Pruning entry
+    point that changes structure goes through the wrapper, so the optimizer and ATMC's state
+    follow: ``step``, ``manual_prune_width``, and groups from ``DG.get_pruning_group`` /
+    ``DG.get_all_groups``; ``reset`` after pruning began and ``load_pruning_history`` are
+    refused (use :meth:`load_state_dict`).
 
     :param pruner: a ``tp.pruner.BasePruner`` (or subclass), before its first step.
     :param config: the ATMC configuration; its budget is against the dense (unpruned) model.
@@ -129,6 +154,57 @@ class ATMCPruner:
         if name.startswith("__") or name == "_pruner":
             raise AttributeError(name)
         return getattr(self._pruner, name)
+
+    @property
+    def DG(self) -> _TrackedGraph:
+        """The pruner's dependency graph; groups it builds prune through this wrapper."""
+        return _TrackedGraph(self._pruner.DG, self)
+
+    def manual_prune_width(
+        self, layer: nn.Module, pruning_fn: Any, pruning_ratios_or_idxs: float | list[int]
+    ) -> None:
+        """As Torch-Pruning's ``manual_prune_width``: prune ``layer``'s channels by a ratio
+        (the least important, by the pruner's importance) or by indices; the optimizer and
+        ATMC's state follow."""
+        graph = self._pruner.DG
+        if isinstance(pruning_ratios_or_idxs, float):
+            if graph.is_out_channel_pruning_fn(pruning_fn):
+                channels = graph.get_out_channels(layer)
+            else:
+                channels = graph.get_in_channels(layer)
+            everything = graph.get_pruning_group(layer, pruning_fn, list(range(channels)))
+            order = torch.argsort(self._pruner.estimate_importance(everything))
+            idxs = order[: int(channels * (1 - pruning_ratios_or_idxs))].tolist()
+        else:
+            idxs = list(pruning_ratios_or_idxs)
+        with preserved_modes(self.model):
+            self._prune_group(graph.get_pruning_group(layer, pruning_fn, idxs))
+
+    def reset(self) -> None:
+        """Refused once pruning has begun: restarting Torch-Pruning's schedule on a pruned
+        model would prune again from the current widths against a budget set for the dense one.
+
+        :raises InputError: the pruner has stepped.
+        """
+        if int(self._pruner.current_step) != 0 or self._pruner.pruning_history():
+            raise InputError(
+                f"reset() at step {self._pruner.current_step}: the model is already pruned and "
+                "ATMC's budget refers to its dense weights. Build a fresh model and pruner and "
+                "wrap them again."
+            )
+        self._pruner.reset()
+
+    def load_pruning_history(self, pruning_history: Any) -> None:
+        """Refused: replaying a history behind ATMC's back leaves the optimizer and ATMC state
+        on the old shapes. Use :meth:`load_state_dict` (history and ATMC state together).
+
+        :raises InputError: always.
+        """
+        raise InputError(
+            "load_pruning_history on a wrapped pruner would leave the optimizer and ATMC on the "
+            "old shapes; save with pruner.state_dict() and resume with "
+            "pruner.load_state_dict(state) on a freshly wrapped pruner of a fresh model."
+        )
 
     @property
     def pruner(self) -> Any:
