@@ -113,7 +113,7 @@ def test_every_pruner_class_end_to_end(cls) -> None:
 def test_surface_of_the_pruner_is_kept() -> None:
     model, _, pruner, opt = _digits_setup(tp.pruner.BNScalePruner)
     wrapped = atmc_plugin.wrap(pruner, CFG, optimizer=opt)
-    assert wrapped.DG is pruner.DG and wrapped.importance is pruner.importance
+    assert wrapped.DG.model is pruner.DG.model and wrapped.importance is pruner.importance
     assert wrapped.model is model and wrapped.iterative_steps == 2
     assert wrapped.current_step == 0
     wrapped.step()
