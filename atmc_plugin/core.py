@@ -381,25 +381,26 @@ class ATMC:
     def index_select(self, name: str, dim: int, index: Tensor) -> None:
         """Follow a structural change: keep only ``index`` along ``dim`` of ``name``'s state.
 
-        Slices the ADMM ``Z``/``U`` and, after :meth:`finalize`, the frozen mask (and the scales
-        of a per-channel integer grid when ``dim == 0``). The sparsity budget stays defined
-        against the dense model. Call it right after the parameter itself was sliced.
+        Slices the ADMM ``Z``/``U`` and, after :meth:`finalize`, the frozen mask and the frozen
+        quantization set (through the projection's ``select_state``). The sparsity budget stays
+        defined against the dense model. Call it right after the parameter itself was sliced.
 
         :raises InputError: unknown name, or a frozen quantization set that cannot be sliced.
         """
         if name not in self.names:
             raise InputError(f"{name!r} is not compressed by this ATMC; known: {self.names}.")
-        c = self.config.constraint
-        if name in self.qstates and c.quantizer == "int" and c.granularity != "tensor":
-            if c.granularity != "channel" or dim != 0:
+        if self.qstates.get(name) is not None:
+            select = getattr(self.projection, "select_state", None)
+            if not callable(select):
                 raise InputError(
-                    f"cannot slice the frozen {c.granularity} grid of {name!r} along dim {dim}; "
+                    f"{name!r} has a frozen quantization set that this projection "
+                    f"({type(self.projection).__name__}) cannot slice (it has no select_state); "
                     "remove channels before atmc.finalize()."
                 )
-            self.qstates[name] = [
-                (s.index_select(0, index.to(s.device)), z.index_select(0, index.to(z.device)))
-                for s, z in self.qstates[name]
-            ]
+            try:
+                self.qstates[name] = select(self.qstates[name], dim, index)
+            except InputError as exc:
+                raise InputError(f"{name!r}: {exc}") from exc
         if name in self.admm:
             self.admm.index_select(name, dim, index)
         if name in self.masks:

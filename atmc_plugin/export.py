@@ -158,9 +158,13 @@ def storage_bits(entry: dict[str, Any]) -> tuple[int, int, int]:
 
 
 def _entries(atmc: Any) -> tuple[dict[str, dict[str, Any]], dict[str, Tensor]]:
+    from .projection import ATMCProjection
+
     bits = atmc.config.constraint.bits
+    if not isinstance(atmc.projection, ATMCProjection):
+        bits = None  # another projection's quantization sets are its own: store the values
     quantizer = atmc.config.constraint.quantizer
-    spec = getattr(atmc.projection, "grid", None)
+    spec = atmc.projection.grid if bits is not None else None
     compressed = {
         name: _compress(p, bits, atmc.qstates.get(name), quantizer, spec)
         for name, p in atmc.parameters().items()

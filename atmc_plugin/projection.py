@@ -7,9 +7,17 @@ A projection knows two operations that ATMC composes:
   ``"magnitude"`` these are the effective weights (each output row scaled by the following
   BatchNorm's ``|gamma| / sqrt(var + eps)``), so the masks may differ from a ranking of the raw
   weights, and the returned threshold is in the projection's own score units;
-- ``quantize(name, tensor, mask)``: project one tensor onto its quantization set, zero outside
-  ``mask``, and return the set (codebook or grid) so it can be frozen for fine-tuning;
-  ``snap(tensor, qstate)`` projects onto a frozen set.
+- ``quantize(tensor, mask)``: project one tensor onto its quantization set, zero outside
+  ``mask``, and return the set (``qstate``: a codebook, grid scales ...) so it can be frozen
+  for fine-tuning; ``snap(tensor, qstate)`` projects onto a frozen set.
+
+``qstate`` is the projection's own: ATMC stores it, moves its tensors with the model and saves
+it in its state dict (tensors, lists, tuples and dicts of them), but only the projection reads
+it. To let a frozen set follow structural pruning, a projection may also provide
+``select_state(qstate, dim, index) -> qstate`` (keep ``index`` along ``dim`` of the tensor the
+set belongs to); without it, pruning after ``finalize()`` is refused. The compact export
+(:mod:`atmc_plugin.export`) encodes codes only for :class:`ATMCProjection`'s sets and stores
+the values of any other projection's tensors as float32.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from .config import ConstraintConfig
 from .engine.allocation import allocation_scores, guarded_topk_masks
 from .engine.codebook import codebook_quantize, snap_to_codebook
 from .engine.intgrid import GridSpec, apply_grid, int_grid_quantize
+from .errors import InputError
 from .plugins import hookimpl
 
 
@@ -83,6 +92,25 @@ class ATMCProjection:
         if self.grid is None:
             return snap_to_codebook(tensor, qstate)
         return apply_grid(tensor, self.grid, qstate)
+
+    def select_state(self, qstate: Any, dim: int, index: Tensor) -> Any:
+        """A codebook or per-tensor grid is unchanged by removing channels; per-channel grid
+        scales follow output channels (``dim == 0``).
+
+        :raises InputError: a per-group grid, or a per-channel one sliced along ``dim != 0``.
+        """
+        grid = self.grid
+        if qstate is None or grid is None or grid.granularity == "tensor":
+            return qstate
+        if grid.granularity != "channel" or dim != 0:
+            raise InputError(
+                f"cannot slice a frozen {grid.granularity} grid along dim {dim}; remove channels "
+                "before atmc.finalize()."
+            )
+        return [
+            (s.index_select(0, index.to(s.device)), z.index_select(0, index.to(z.device)))
+            for s, z in qstate
+        ]
 
 
 @hookimpl(trylast=True)

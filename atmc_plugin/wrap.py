@@ -16,12 +16,16 @@ def wrap(
 
     :param target: the tool object, e.g. a ``torch_pruning.pruner.BasePruner``.
     :param config: the ATMC configuration (default :class:`ATMCConfig`).
-    :param plugin_manager: plugin manager to use (default: :func:`default_plugin_manager`).
+    :param plugin_manager: plugin manager to use (default: :func:`default_plugin_manager`);
+        when given, it is also handed to the adapter (option ``plugin_manager``), so the ATMC
+        it builds uses the same plugins.
     :param options: adapter options, e.g. ``optimizer=...``.
     :raises PluginError: no installed adapter recognises ``target``.
     """
     pm = plugin_manager if plugin_manager is not None else default_plugin_manager()
     cfg = config if config is not None else ATMCConfig()
+    if plugin_manager is not None:
+        options = {**options, "plugin_manager": plugin_manager}
     adapter = pm.hook.atmc_build_adapter(target=target, config=cfg, options=dict(options))
     if adapter is None:
         installed = sorted(impl.plugin_name for impl in pm.hook.atmc_build_adapter.get_hookimpls())

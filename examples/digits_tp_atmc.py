@@ -21,10 +21,9 @@ from atmc_plugin_adapters.torchpruning import ADMMProxyImportance
 from torch.nn import functional as F
 
 import atmc_plugin
-from atmc_plugin import ADMMConfig, ATMCConfig, AttackConfig, ConstraintConfig
+from atmc_plugin import ADMMConfig, ATMCConfig, AttackConfig, ConstraintConfig, evaluate
 from atmc_plugin.app.datasets import load_digits
 from atmc_plugin.app.models import DigitsCNN
-from atmc_plugin.evaluation import quick_robust_accuracy
 
 log = logging.getLogger("digits_tp_atmc")
 
@@ -97,7 +96,9 @@ def run(
     for _ in range(finetune_epochs):
         epoch()
     report = pruner.report()
-    clean, robust = quick_robust_accuracy(model, x_te, y_te, eps)
+    model.eval()
+    measured = evaluate(model, (x_te, y_te), eps=eps)
+    clean, robust = measured.clean, measured.robust
     return {
         "attack": attack,
         "clean": clean,

@@ -69,10 +69,10 @@ def test_robust_eval_fn_never_zero_and_attacks_int8() -> None:
     model = DigitsCNN(width=8).eval()
     x, y = _batch()
     q = quantize_static_int8(model, x[:4], [(x, y)])
-    score = robust_eval_fn(x, y, attack=AttackConfig(eps=0.5, steps=3), robust_weight=1.0)(q)
+    score = robust_eval_fn(x, y, eps=0.5, robust_weight=1.0)(q)
     assert score >= 1e-6
     with pytest.raises(InputError, match="floor"):
-        robust_eval_fn(x, y, attack=AttackConfig(eps=0.1), floor=0)
+        robust_eval_fn(x, y, eps=0.1, floor=0)
 
 
 def test_unexportable_model_is_a_clear_error() -> None:

@@ -135,7 +135,7 @@ def test_wrap_uses_adapter_plugin() -> None:
     assert atmc_plugin.wrap([1], plugin_manager=pm, optimizer=3) == (
         "wrapped",
         [1],
-        {"optimizer": 3},
+        {"optimizer": 3, "plugin_manager": pm},  # the adapter builds ATMC with the same plugins
     )
     with pytest.raises(PluginError, match="Installed adapters: list-adapter"):
         atmc_plugin.wrap(object(), plugin_manager=pm)

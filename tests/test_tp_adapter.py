@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -477,3 +478,55 @@ def test_every_structure_change_goes_through_the_wrapper() -> None:
         wrapped.load_pruning_history(wrapped.pruning_history())
     with pytest.raises(InputError, match="load_state_dict"):
         wrapped.DG.load_pruning_history(wrapped.pruning_history())
+
+
+def _vit_pruner(model):
+    return tp.pruner.MagnitudePruner(
+        model,
+        torch.rand(1, 1, 8, 8),
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=0.25,
+        iterative_steps=2,
+        ignored_layers=[model.head],
+        unwrapped_parameters=model.unwrapped(),
+    )
+
+
+def _one_sgd_step(model, opt) -> None:
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.rand(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)
+    model.train()
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def test_direct_parameters_follow_pruning_and_wrap_off_equals_bare() -> None:
+    """Class token, position embeddings and layer scale (Torch-Pruning's unwrapped parameters)
+    follow every step: the optimizer holds exactly the live tensors with sliced momentum, and
+    with ATMC off the wrapped pruner prunes exactly as the bare one, values included."""
+    from tp_models import TinyViT
+
+    torch.manual_seed(0)
+    bare_model = TinyViT()
+    wrapped_model = copy.deepcopy(bare_model)
+    bare, bare_opt = _vit_pruner(bare_model), torch.optim.SGD(bare_model.parameters(), lr=0.1)
+    opt = torch.optim.SGD(wrapped_model.parameters(), lr=0.1, momentum=0.9)
+    wrapped = atmc_plugin.wrap(_vit_pruner(wrapped_model), ATMCConfig(attack=None), optimizer=opt)
+    _one_sgd_step(bare_model, bare_opt)
+    _one_sgd_step(wrapped_model, opt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an untraced slice would warn
+        for _ in range(2):
+            bare.step()
+            wrapped.step()
+    assert wrapped_model.cls_token.shape == (1, 1, 12) == bare_model.cls_token.shape
+    assert wrapped_model.state_dict().keys() == bare_model.state_dict().keys()
+    for key, value in bare_model.state_dict().items():
+        assert torch.equal(wrapped_model.state_dict()[key], value), key
+    live = {id(p) for p in wrapped_model.parameters()}
+    held = [p for group in opt.param_groups for p in group["params"]]
+    assert {id(p) for p in held} == live and len(held) == len(live)
+    for p in held:
+        assert opt.state[p]["momentum_buffer"].shape == p.shape
+    _one_sgd_step(wrapped_model, opt)  # trains the live tensors

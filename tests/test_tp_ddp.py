@@ -70,6 +70,7 @@ def _worker(rank: int, init_file: str) -> None:
             raise AssertionError("sparsity masks differ between ranks")
         if wrapped.report().elementwise.nnz > wrapped.target_budget:
             raise AssertionError("budget exceeded")
+        dist.barrier()  # leave together: a rank tearing gloo down early can abort its peer
     finally:
         dist.destroy_process_group()
 

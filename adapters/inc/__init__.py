@@ -88,7 +88,7 @@ def atmc_attackable_model(model: Any) -> Any:
 @hookimpl
 def atmc_build_adapter(target: Any, config: ATMCConfig, options: Mapping[str, Any]) -> Any:
     """INC configs become ATMC-trained INC configs; ``None`` for anything else."""
-    if options or not _from_inc(target):
+    if set(options) - {"plugin_manager"} or not _from_inc(target):
         return None
     load()
     from .wrapping import from_inc_config

@@ -249,29 +249,29 @@ def robust_eval_fn(
     x: Tensor,
     y: Tensor,
     *,
-    attack: AttackConfig,
+    eps: float,
+    preset: str = "quick",
     robust_weight: float = 0.5,
     floor: float = 1e-6,
 ) -> Callable[[nn.Module], float]:
     """An ``eval_fn`` for INC's ``autotune``: ``(1 - w) * clean + w * robust`` accuracy.
 
-    Converted int8 graphs are attacked through :func:`straight_through_copy`. The score is
-    never below ``floor`` (INC divides by the baseline score, and 0 raises there).
+    Robust accuracy is :func:`atmc_plugin.evaluate`'s worst case for ``preset`` (int8 graphs
+    are attacked through their straight-through copy, as everywhere). The score is never below
+    ``floor`` (INC divides by the baseline score, and 0 raises there).
     """
+    from atmc_plugin import evaluate
+
     if not 0.0 <= robust_weight <= 1.0:
         raise InputError(f"robust_weight = {robust_weight} must lie in [0, 1].")
     if floor <= 0:
         raise InputError(f"floor = {floor} must be > 0: autotune divides by the baseline score.")
 
-    def evaluate(model: nn.Module) -> float:
-        target = _attackable(model)
-        adversary = Adversary(target, attack, default_plugin_manager())
-        with torch.no_grad():
-            clean = (target(x).argmax(1) == y).float().mean().item()
-            robust = (target(adversary(x, y)).argmax(1) == y).float().mean().item()
-        return max(floor, (1 - robust_weight) * clean + robust_weight * robust)
+    def score(model: nn.Module) -> float:
+        report = evaluate(model, (x, y), eps=eps, preset=preset, sanity=False, cascade=True)
+        return max(floor, (1 - robust_weight) * report.clean + robust_weight * report.robust)
 
-    return evaluate
+    return score
 
 
 def _attackable(model: nn.Module) -> nn.Module:

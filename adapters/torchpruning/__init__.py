@@ -53,7 +53,7 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
 
 
-_OPTIONS = {"optimizer", "example_inputs", "regularizer"}
+_OPTIONS = {"optimizer", "example_inputs", "regularizer", "plugin_manager"}
 
 
 @hookimpl

@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from atmc_plugin import ATMC, ConfigError
 from atmc_plugin.backend import BackendContext, MakeOptimizer
-from atmc_plugin.modes import preserved_modes
 from atmc_plugin.report import CompressionReport
 
 from .pruner import ATMCPruner
@@ -156,9 +155,6 @@ class PruningBackend:
         self._pruner().load_state_dict(state)
 
     def rebuild(self, model: nn.Module, state: dict[str, Any]) -> None:
-        import torch_pruning as tp
+        from .checkpoint import rebuild_structure
 
-        example = self.context.example.to(next(model.parameters()).device)
-        with preserved_modes(model):
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-            graph.load_pruning_history(state["pruning_history"])
+        rebuild_structure(model, self.context.example.to(next(model.parameters()).device), state)

@@ -66,24 +66,31 @@ def load_pruned(path: str | Path, model: nn.Module, example_inputs: Any) -> dict
             raise InputError(f"{str(path)!r} lacks its {key!r} entry; it is not a full checkpoint.")
     device = model_device(model)
     _check_device(example_inputs, device)
-    history = payload["pruner"]["pruning_history"]
     weights = {k: v.to(device) for k, v in payload["model"].items()}
     # Rehearse on a copy so that a mismatching checkpoint leaves the user's model untouched.
     try:
-        _restructure(copy.deepcopy(model), example_inputs, history, weights)
-    except (RuntimeError, KeyError, IndexError, AttributeError, ValueError) as exc:
+        rehearsal = copy.deepcopy(model)
+        rebuild_structure(rehearsal, example_inputs, payload["pruner"])
+        rehearsal.load_state_dict(weights)
+    except (RuntimeError, KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
         raise InputError(
             f"checkpoint {str(path)!r} does not fit this model ({type(model).__name__}): {exc}. "
             "Build the same architecture as the one that was pruned."
         ) from exc
-    _restructure(model, example_inputs, history, weights)
+    rebuild_structure(model, example_inputs, payload["pruner"])
+    model.load_state_dict(weights)
     return {k: payload[k] for k in ("pruner", "config", "extra")}
 
 
-def _restructure(model: nn.Module, example_inputs: Any, history: Any, weights: Any) -> None:
+def rebuild_structure(model: nn.Module, example_inputs: Any, state: dict[str, Any]) -> None:
+    """Replay the pruning history of an :meth:`ATMCPruner.state_dict` on a fresh dense model,
+    with the same unwrapped parameters (class tokens, position embeddings ...) and dims."""
     import torch_pruning as tp
 
+    params = dict(model.named_parameters())
+    unwrapped = [(params[name], int(dim)) for name, dim in state.get("unwrapped", [])]
     with preserved_modes(model):
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-        graph.load_pruning_history(history)
-        model.load_state_dict(weights)
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_inputs, unwrapped_parameters=unwrapped or None
+        )
+        graph.load_pruning_history(state["pruning_history"])

@@ -143,7 +143,13 @@ class ATMCPruner:
         from .report import _out_channels
 
         self.dense_channels = {n: _out_channels(m) for n, m in layers}
-        self._module_names = {m: n for n, m in model.named_modules()}
+        self._untraced: set[str] = set()  # parameters whose slicing could not be traced
+        names = {id(p): n for n, p in model.named_parameters()}
+        self._unwrapped = [  # (name, dim) of the parameters Torch-Pruning slices directly
+            (names[id(param)], int(dim))
+            for param, dim in getattr(pruner.DG, "unwrapped_parameters", None) or []
+            if id(param) in names
+        ]
         self._schedule_budget()
         bind = getattr(getattr(pruner, "importance", None), "bind", None)
         if callable(bind):
@@ -243,28 +249,39 @@ class ATMCPruner:
         self._after_step()
 
     def _prune_group(self, group: Any, *args: Any, **kwargs: Any) -> None:
-        touched: dict[nn.Module, str] = {}
         removed: dict[nn.Module, dict[bool, list[int]]] = {}
+        removed_params: dict[int, list[int]] = {}  # Torch-Pruning's unwrapped parameters
         for dep, idxs in group:
-            module = dep.target.module
-            if not isinstance(module, nn.Module):
-                continue
-            touched[module] = self._module_names.get(module, "")
-            out = bool(self._pruner.DG.is_out_channel_pruning_fn(dep.handler))
-            removed.setdefault(module, {}).setdefault(out, []).extend(int(i) for i in idxs)
-        before = slicing.snapshot(touched)
+            target = dep.target.module
+            if isinstance(target, nn.Parameter):
+                removed_params.setdefault(id(target), []).extend(int(i) for i in idxs)
+            elif isinstance(target, nn.Module):
+                out = bool(self._pruner.DG.is_out_channel_pruning_fn(dep.handler))
+                removed.setdefault(target, {}).setdefault(out, []).extend(int(i) for i in idxs)
+        before = slicing.snapshot(self.model)
         group.prune(*args, **kwargs)
+        for change in slicing.changes(before, removed, removed_params):
+            if change.dim is None and change.name not in self._untraced:
+                self._untraced.add(change.name)
+                warnings.warn(
+                    f"could not trace how Torch-Pruning sliced {change.name} "
+                    f"{tuple(change.old.shape)} -> {tuple(change.new.shape)}; its optimizer and "
+                    "ATMC state start afresh at each such change (said once per parameter).",
+                    stacklevel=4,
+                )
+            self._follow(change)
+
+    def _follow(self, change: slicing.ParamChange) -> None:
         follow = getattr(self._pruner.importance, "follow", None)
-        for change in slicing.changes(before, removed):
-            if callable(follow):
-                follow(change)
-            if self._optimizer is not None:
-                slicing.slice_optimizer(self._optimizer, change)
-            if change.name in self.atmc.names:
-                if change.dim is None:
-                    self.atmc.reset(change.name)
-                elif change.dim >= 0 and change.keep is not None:
-                    self.atmc.index_select(change.name, change.dim, change.keep)
+        if callable(follow):
+            follow(change)
+        if self._optimizer is not None:
+            slicing.slice_optimizer(self._optimizer, change)
+        if change.name in self.atmc.names:
+            if change.dim is None:
+                self.atmc.reset(change.name)
+            elif change.dim >= 0 and change.keep is not None:
+                self.atmc.index_select(change.name, change.dim, change.keep)
 
     def _after_step(self) -> None:
         self._pruner.update_regularizer()
@@ -368,10 +385,12 @@ class ATMCPruner:
         self.atmc.load_state_dict(state["atmc"])
 
     def state_dict(self) -> dict[str, Any]:
-        """Pruning history + ATMC state (plain data, ``weights_only`` loadable)."""
+        """Pruning history, unwrapped parameters (name, dim) and ATMC state (plain data,
+        ``weights_only`` loadable)."""
         return {
             "pruning_history": self._pruner.pruning_history(),
             "current_step": int(self._pruner.current_step),
+            "unwrapped": [list(entry) for entry in self._unwrapped],
             "atmc": self.atmc.state_dict(),
         }
 

@@ -1,20 +1,20 @@
 """Following Torch-Pruning's channel removal: which indices each parameter kept.
 
-Torch-Pruning replaces every parameter it slices. For each group we snapshot the touched
-modules' parameters, let ``group.prune()`` run, and work out per parameter the dimension that
-shrank and the indices kept along it, from the group's (module, out/in, removed indices)
-items. The user's optimizer state and ATMC's state are then sliced with those indices.
+Torch-Pruning replaces every parameter it slices. For each group we snapshot every parameter
+of the model (so that parameters held directly by a module, such as a class token, position
+embedding or layer scale that Torch-Pruning slices through ``unwrapped_parameters``, are seen
+too), let ``group.prune()`` run, and work out per replaced parameter the dimension that shrank
+and the indices kept along it, from the group's items: (module, out/in, removed indices) for
+layers, (parameter, removed indices) for unwrapped parameters. The user's optimizer state and
+ATMC's state are then sliced with those indices.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +31,8 @@ class ParamChange:
 def _expected_dim(module: nn.Module, param_name: str, param: Tensor, out: bool) -> int:
     if param.dim() == 1:
         return 0
+    if isinstance(module, nn.Embedding):  # (num_embeddings, embedding_dim): out is dim 1
+        return 1 if out else 0
     transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
     if param_name == "weight" and isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
         return (1 if out else 0) if transposed else (0 if out else 1)
@@ -54,10 +56,10 @@ def _keep(
     return None
 
 
-def snapshot(modules: dict[nn.Module, str]) -> dict[str, tuple[nn.Module, str, nn.Parameter]]:
-    """Current direct parameters of ``modules`` (module -> qualified name prefix)."""
+def snapshot(model: nn.Module) -> dict[str, tuple[nn.Module, str, nn.Parameter]]:
+    """Every parameter of ``model``: qualified name -> (owning module, attribute, parameter)."""
     out = {}
-    for module, prefix in modules.items():
+    for prefix, module in model.named_modules():
         for pname, p in module.named_parameters(recurse=False):
             full = f"{prefix}.{pname}" if prefix else pname
             out[full] = (module, pname, p)
@@ -67,8 +69,14 @@ def snapshot(modules: dict[nn.Module, str]) -> dict[str, tuple[nn.Module, str, n
 def changes(
     before: dict[str, tuple[nn.Module, str, nn.Parameter]],
     removed: dict[nn.Module, dict[bool, list[int]]],
+    removed_params: dict[int, list[int]] | None = None,
 ) -> list[ParamChange]:
-    """Compare parameters after ``group.prune()`` with the snapshot ``before``."""
+    """Compare parameters after ``group.prune()`` with the snapshot ``before``.
+
+    :param removed: per pruned module, the removed indices of its out (True) / in channels.
+    :param removed_params: per parameter Torch-Pruning sliced directly (``id`` of the old
+        parameter), the removed indices.
+    """
     result = []
     for full, (module, pname, old) in before.items():
         new = getattr(module, pname, None)
@@ -81,20 +89,18 @@ def changes(
         dim, keep = None, None
         if len(dims) == 1:
             d = dims[0]
-            for out, idxs in removed.get(module, {}).items():
-                if _expected_dim(module, pname, old, out) == d or old.dim() == 1:
+            direct = (removed_params or {}).get(id(old))
+            candidates = [(True, direct)] if direct is not None else removed.get(module, {}).items()
+            for out, idxs in candidates:
+                if (
+                    direct is not None
+                    or _expected_dim(module, pname, old, out) == d
+                    or (old.dim() == 1)
+                ):
                     keep = _keep(old.shape[d], new.shape[d], idxs, module, out)
                     if keep is not None:
                         dim = d
                         break
-        if dim is None:
-            logger.warning(
-                "could not trace how Torch-Pruning sliced %s %s -> %s; its optimizer and ATMC "
-                "state are reset",
-                full,
-                tuple(old.shape),
-                tuple(new.shape),
-            )
         result.append(ParamChange(full, old, new, dim=dim, keep=keep))
     return result
 

@@ -86,7 +86,14 @@ class Context:
             )
 
     def close(self) -> None:
+        """Tear the process group down together: on gloo every rank first waits for the others
+        (rank 0 evaluates and writes while the others are done), since a rank leaving early
+        could abort in gloo's teardown; a rank that died ends the wait at once."""
         if self.owns_group and dist.is_initialized():
+            if dist.get_backend() == "gloo" and self.distributed:
+                from datetime import timedelta
+
+                dist.monitored_barrier(timeout=timedelta(hours=24), wait_all_ranks=True)
             dist.destroy_process_group()
 
 
