@@ -365,6 +365,11 @@ class ATMC:
             self.parameters(), self.config.constraint.bits, self.dense_numel, self.target_budget
         )
 
+    def proxy(self, name: str) -> Tensor | None:
+        """ADMM's proxy ``Z`` of compressed tensor ``name`` (its projection onto the constraint
+        set as of the last ADMM update), or ``None`` before quantization has started."""
+        return self.admm.z.get(name)
+
     def reset(self, name: str) -> None:
         """Start ``name``'s state afresh (``Z = Proj(W)``, ``U = 0``, no frozen mask/set).
 

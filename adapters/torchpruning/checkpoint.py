@@ -20,6 +20,8 @@ from atmc_plugin.adversary import model_device
 from atmc_plugin.io import save_atomically, seal, unseal
 from atmc_plugin.modes import preserved_modes
 
+from .measure import check_inputs_device
+
 if TYPE_CHECKING:
     from .pruner import ATMCPruner
 
@@ -48,8 +50,6 @@ def load_pruned(path: str | Path, model: nn.Module, example_inputs: Any) -> dict
     :raises InputError: not such a checkpoint, wrong device of ``example_inputs``, or a model
         that does not match the checkpoint (tried on a copy first: ``model`` is left unchanged).
     """
-    from .pruner import _check_device
-
     try:
         payload = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # torch raises many types, pickle's UnpicklingError among them
@@ -65,7 +65,7 @@ def load_pruned(path: str | Path, model: nn.Module, example_inputs: Any) -> dict
         if key not in payload:
             raise InputError(f"{str(path)!r} lacks its {key!r} entry; it is not a full checkpoint.")
     device = model_device(model)
-    _check_device(example_inputs, device)
+    check_inputs_device(example_inputs, device)
     weights = {k: v.to(device) for k, v in payload["model"].items()}
     # Rehearse on a copy so that a mismatching checkpoint leaves the user's model untouched.
     try:

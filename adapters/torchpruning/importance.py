@@ -131,11 +131,11 @@ class ADMMProxyImportance(_SaliencyImportance):
 
     def saliency(self, module: nn.Module, name: str, param: Tensor) -> Tensor | None:
         owner = self._require_owner()
-        layer = owner._layer_names.get(module)
+        layer = owner.layer_name(module)
         if layer is None or name != "weight":
             return None
         full = f"{layer}.weight" if layer else "weight"
-        z = owner.atmc.admm.z.get(full)
+        z = owner.atmc.proxy(full)
         if z is not None and z.shape == param.shape:
             return z.pow(2)
         return param.detach().pow(2)

@@ -32,6 +32,7 @@ from atmc_plugin.layers import layer_weight, select_layers
 from atmc_plugin.modes import preserved_modes
 
 from . import slicing
+from .measure import check_inputs_device, count_macs, out_channels
 from .report import PruningReport, build_pruning_report
 
 
@@ -126,7 +127,7 @@ class ATMCPruner:
         _check_no_prune_masks(model)
         device = model_device(model)
         if example_inputs is not None:
-            _check_device(example_inputs, device)
+            check_inputs_device(example_inputs, device)
         _warn_if_output_layer_pruned(pruner, model)
         self._pruner = pruner
         self._optimizer = optimizer
@@ -134,15 +135,13 @@ class ATMCPruner:
         self.regularizer = regularizer
         layers = select_layers(model, config.constraint)
         self.dense_params = sum(p.numel() for p in model.parameters())
-        self.dense_macs = _macs(model, example_inputs)
+        self.dense_macs = count_macs(model, example_inputs)
         self.atmc = ATMC(model, config, optimizer=optimizer, plugin_manager=plugin_manager)
         self.dense_numel = self.atmc.dense_numel
         self.target_budget = self.atmc.target_budget
         _check_budget_not_undercut(pruner, model, config, layers, example_inputs)
         self._layer_names = {m: n for n, m in layers}
-        from .report import _out_channels
-
-        self.dense_channels = {n: _out_channels(m) for n, m in layers}
+        self.dense_channels = {n: out_channels(m) for n, m in layers}
         self._untraced: set[str] = set()  # parameters whose slicing could not be traced
         names = {id(p): n for n, p in model.named_parameters()}
         self._unwrapped = [  # (name, dim) of the parameters Torch-Pruning slices directly
@@ -211,6 +210,10 @@ class ATMCPruner:
             "old shapes; save with pruner.state_dict() and resume with "
             "pruner.load_state_dict(state) on a freshly wrapped pruner of a fresh model."
         )
+
+    def layer_name(self, module: nn.Module) -> str | None:
+        """The qualified name of a layer ATMC compresses, or ``None`` for other modules."""
+        return self._layer_names.get(module)
 
     @property
     def pruner(self) -> Any:
@@ -468,20 +471,6 @@ def _check_no_prune_masks(model: nn.Module) -> None:
         )
 
 
-def _check_device(inputs: Any, device: torch.device) -> None:
-    tensors = (
-        [inputs]
-        if isinstance(inputs, Tensor)
-        else list(inputs.values() if isinstance(inputs, dict) else inputs)
-    )
-    for t in tensors:
-        if isinstance(t, Tensor) and t.device != device:
-            raise InputError(
-                f"example_inputs are on {t.device} but the model is on {device}; move them with "
-                f".to({str(device)!r})."
-            )
-
-
 def _warn_if_output_layer_pruned(pruner: Any, model: nn.Module) -> None:
     """Warn when the last Linear (usually the classifier) would lose output channels.
 
@@ -499,13 +488,3 @@ def _warn_if_output_layer_pruned(pruner: Any, model: nn.Module) -> None:
         "Torch-Pruning silently ignores types such as nn.Linear in ignored_layers.",
         stacklevel=4,
     )
-
-
-def _macs(model: nn.Module, example_inputs: Any) -> int | None:
-    if example_inputs is None:
-        return None
-    import torch_pruning as tp
-
-    with preserved_modes(model):
-        macs, _ = tp.utils.count_ops_and_params(model, example_inputs)
-    return int(macs)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
 from atmc_plugin.report import CompressionReport
+
+from .measure import count_macs, out_channels
 
 if TYPE_CHECKING:
     from .pruner import ATMCPruner
@@ -70,20 +70,9 @@ class PruningReport:
         return "\n".join(lines)
 
 
-def _out_channels(module: nn.Module) -> int:
-    weight = getattr(module, "weight", None)
-    if weight is None:
-        return 0
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        return int(weight.shape[1] * module.groups)
-    return int(weight.shape[0])
-
-
 def build_pruning_report(pruner: ATMCPruner) -> PruningReport:
-    from .pruner import _macs
-
     channels = {
-        name: (pruner.dense_channels.get(name, _out_channels(m)), _out_channels(m))
+        name: (pruner.dense_channels.get(name, out_channels(m)), out_channels(m))
         for m, name in pruner._layer_names.items()
     }
     ignored = tuple(n for m, n in pruner._layer_names.items() if m in pruner.pruner.ignored_layers)
@@ -93,6 +82,6 @@ def build_pruning_report(pruner: ATMCPruner) -> PruningReport:
         dense_params=pruner.dense_params,
         params=sum(p.numel() for p in pruner.model.parameters()),
         dense_macs=pruner.dense_macs,
-        macs=_macs(pruner.model, pruner.example_inputs),
+        macs=count_macs(pruner.model, pruner.example_inputs),
         elementwise=pruner.atmc.report(),
     )
