@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from .backend import BackendContext, CompressionBackend, ShipBackend
     from .config import ATMCConfig, AttackConfig, ConstraintConfig
+    from .core import ATMC
     from .projection import Projection
 
 PROJECT_NAME = "atmc_plugin"
@@ -114,7 +115,7 @@ def atmc_command_backend(
 
 # -- notifications --------------------------------------------------------------------------
 @hookspec
-def atmc_after_projection(atmc: Any, step: int, stats: Mapping[str, Any]) -> None:
+def atmc_after_projection(atmc: ATMC, step: int, stats: Mapping[str, Any]) -> None:
     """Called after every sparsity projection of the weights. Return value is ignored.
 
     :param atmc: the :class:`atmc_plugin.ATMC` object that projected.
@@ -124,7 +125,7 @@ def atmc_after_projection(atmc: Any, step: int, stats: Mapping[str, Any]) -> Non
 
 
 @hookspec
-def atmc_after_admm_update(atmc: Any, step: int, stats: Mapping[str, Any]) -> None:
+def atmc_after_admm_update(atmc: ATMC, step: int, stats: Mapping[str, Any]) -> None:
     """Called after every ADMM ``Z``/``U`` update. Return value is ignored.
 
     :param atmc: the :class:`atmc_plugin.ATMC` object that updated.

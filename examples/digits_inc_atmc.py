@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-from typing import Any, cast
+from typing import Any
 
 import torch
 from atmc_plugin_adapters.inc import ATMCQuantConfig, session_of
@@ -114,22 +114,15 @@ def run(
     return out
 
 
-def latency(fp32: nn.Module, int8: nn.Module, batch: Tensor, repeats: int = 50) -> dict[str, float]:
+def latency(fp32: nn.Module, int8: nn.Module, batch: Tensor) -> dict[str, float]:
     """Median seconds per batch of ``torch.compile``d fp32 and int8 models (same batch).
 
     Inductor lowers PT2E quantize/dequantize patterns to oneDNN int8 kernels only with
-    ``freezing`` on (both models are compiled that way).
+    ``freezing`` on (both models are compiled that way; see ``atmc_plugin.app.latency``).
     """
-    import torch._inductor.config as inductor_config
+    from atmc_plugin.app.latency import compiled_seconds
 
-    from atmc_plugin.app.job import latency as median_latency
-
-    times = {}
-    for name, model in (("fp32", fp32.eval()), ("int8", int8)):
-        with inductor_config.patch(freezing=True):  # compilation happens in the warm-up calls
-            compiled = cast(nn.Module, torch.compile(model))
-            times[name] = median_latency(compiled, batch, repeats)
-    return times
+    return {"fp32": compiled_seconds(fp32.eval(), batch), "int8": compiled_seconds(int8, batch)}
 
 
 def main() -> None:

@@ -225,6 +225,14 @@ def test_inc_recipe_ships_int8_and_evaluates_it(
     assert main(["run", str(RECIPES / "tiny_inc.toml"), "--out", str(out), "--no-progress"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["int8"] is True
+    # Deployment latency: compiled (int8 kernels) where inductor works, else said why not.
+    assert set(results["latency_eager_ms"]) == {"dense", "compressed"}
+    if results["latency_kind"] == "compiled":
+        assert results["latency_ms"] != results["latency_eager_ms"]
+        assert "compiled with `torch.compile`" in (out / "report.md").read_text()
+    else:
+        assert results["latency_compile_error"], "eager latency without a reason"
+        assert "torch.compile failed here" in (out / "report.md").read_text()
     capsys.readouterr()
     assert main(["eval", str(out / "final.pt"), "--device", "cpu"]) == 0
     evaluated = json.loads(capsys.readouterr().out)  # the int8 model is rebuilt identically

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..adversary import unwrap_model
 from ..errors import ATMCError, InputError
-from ..modes import preserved_modes
+from . import latency
 from .backends import Tools, resolve_tools
 from .build import Data, build_model, check_recipe, resolve_device
 from .recipe import Recipe, RecipeError
@@ -191,21 +191,6 @@ def load_final(path: Path, device: torch.device) -> tuple[Recipe, Data, nn.Modul
     return recipe, data, model, ship(recipe, model, data, tools)
 
 
-def latency(model: nn.Module, batch: Tensor, repeats: int = 30) -> float:
-    """Median seconds per forward pass in eager mode (eval, no grad)."""
-    with preserved_modes(model), torch.no_grad():
-        if not isinstance(model, torch.fx.GraphModule):
-            model.eval()
-        for _ in range(3):
-            model(batch)
-        samples = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(batch)
-            samples.append(time.perf_counter() - start)
-    return sorted(samples)[len(samples) // 2]
-
-
 def _size(trainer: Trainer, run: RunDir, dense: nn.Module) -> dict[str, Any]:
     """Paper-convention size ratio, storage-honest bytes (and the compact file), params, MACs."""
     from ..export import layer_costs, save_compact
@@ -294,7 +279,11 @@ def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any
         "size": _size(trainer, run, dense),
     }
     batch = data.x_test[: recipe.latency_batch].to(dev)
-    results["latency_ms"] = {name: 1e3 * latency(m, batch) for name, m in models.items()}
+    measured = latency.measure(models, batch, compiled=recipe.compiled_latency)
+    results["latency_ms"] = measured["compiled"] or measured["eager"]
+    results["latency_kind"] = "compiled" if measured["compiled"] else "eager"
+    results["latency_eager_ms"] = measured["eager"]
+    results["latency_compile_error"] = measured["compile_error"]
     results["latency_batch"] = len(batch)
     final = {
         "format": FINAL_FORMAT,

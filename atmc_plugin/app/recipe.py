@@ -17,7 +17,7 @@ Sections (all but ``[model]`` optional)::
     [torch_pruning]  pruner, importance, pruning_ratio, iterative_steps, ignored_layers, ...
     [inc]    INC's dict form: static = {...} and/or atmc = {...}
     [atmc]   attack, constraint, admm (see ATMCConfig)
-    [eval]   preset ("quick" | "standard"), eps, limit, latency_batch
+    [eval]   preset ("quick" | "standard"), eps, limit, latency_batch, compiled_latency
 """
 
 from __future__ import annotations
@@ -99,6 +99,7 @@ class Recipe:
     eps: float
     eval_limit: int | None
     latency_batch: int
+    compiled_latency: bool
 
     @property
     def stages(self) -> tuple[tuple[str, int], ...]:
@@ -161,6 +162,12 @@ class _Section:
             raise self.error(key, value, f"choose one of {', '.join(choices)}.{hint}".rstrip("."))
         return value
 
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, value, "expected true or false")
+        return value
+
     def string(self, key: str, default: str) -> str:
         value = self.data.get(key, default)
         if not isinstance(value, str) or not value:
@@ -203,7 +210,12 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
     )
     model = _Section(path, "model", raw["model"], None)
     train = _Section(path, "train", raw.get("train"), tuple(TrainSpec.__dataclass_fields__))
-    ev = _Section(path, "eval", raw.get("eval"), ("preset", "eps", "limit", "latency_batch"))
+    ev = _Section(
+        path,
+        "eval",
+        raw.get("eval"),
+        ("preset", "eps", "limit", "latency_batch", "compiled_latency"),
+    )
 
     dataset = data.choice("dataset", "digits", DATASETS)
     data_path = None
@@ -250,6 +262,7 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         eps=ev.number("eps", default_eps, low=1e-12, high=1.0),
         eval_limit=ev.integer("limit", None, low=1),
         latency_batch=ev.integer("latency_batch", 256, low=1),
+        compiled_latency=ev.boolean("compiled_latency", True),
     )
 
 

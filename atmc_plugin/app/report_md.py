@@ -56,6 +56,25 @@ def _evaluation_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _latency_note(results: dict[str, Any]) -> str:
+    batch = results["latency_batch"]
+    if results.get("latency_kind") == "compiled":
+        eager = results.get("latency_eager_ms", {})
+        plain = ", ".join(f"{k} {v:.3f} ms" for k, v in eager.items())
+        return (
+            f"Latency: median of 30 forward passes of a batch of {batch}, compiled with "
+            f"`torch.compile` (inductor, `freezing=True`: int8 graphs run oneDNN int8 kernels), "
+            f"as deployed. Eager, for comparison: {plain}."
+        )
+    reason = results.get("latency_compile_error")
+    why = f" (torch.compile failed here: {reason})" if reason else " (compiled_latency = false)"
+    return (
+        f"Latency: median of 30 eager forward passes of a batch of {batch}{why}. An INC int8 "
+        "graph runs reference quantize/dequantize ops in eager mode and is slower than fp32 "
+        "there; compiled (inductor `freezing=True`) it runs int8 kernels."
+    )
+
+
 def render(run: RunDir, info: dict[str, Any], results: dict[str, Any]) -> str:
     """The Markdown report."""
     ev = results["evaluation"]["compressed"]
@@ -72,9 +91,7 @@ def render(run: RunDir, info: dict[str, Any], results: dict[str, Any]) -> str:
         "",
         *_evaluation_table(results),
         "",
-        f"Latency: median of 30 eager forward passes of a batch of {results['latency_batch']}. "
-        "An INC int8 graph runs reference quantize/dequantize ops in eager mode; compile it "
-        "with `torch.compile` (inductor `freezing=True`) for int8 kernels.",
+        _latency_note(results),
         "",
     ]
     flags = sorted({f for r in results["evaluation"].values() for f in r.get("flags", [])})
