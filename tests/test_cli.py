@@ -93,14 +93,14 @@ def test_resume_after_kill_matches_uninterrupted_run(finished_run: Path, tmp_pat
         stderr=subprocess.DEVNULL,
     )
     metrics = out / "metrics.jsonl"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 1800  # hang guard
     # Kill in the middle of the compress stage, after the first pruning step.
     while time.monotonic() < deadline and proc.poll() is None:
         if metrics.exists() and metrics.read_text().count('"compress"') >= 1:
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.05)
-    proc.wait(timeout=60)
+    proc.wait(timeout=3600)  # hang guard, not a speed check
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (out / "results.json").exists()
     resumed = atmc("run", str(TINY), "--out", str(out), "--resume", "--no-progress")
