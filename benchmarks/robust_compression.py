@@ -746,7 +746,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(20, 5.5), sharex=True)
     colors = [plt.get_cmap("tab20")(k) for k in range(20)]
-    da = next(r for r in rows if r["method"] == "DA")
+    da = next((r for r in rows if r["method"] == "DA"), {})  # absent in a partial run
     panels = (
         (axes[0], "clean", "clean accuracy"),
         (axes[1], "pgd20", "PGD-20"),

@@ -163,3 +163,63 @@ def test_seed_override_out_of_range(tmp_path) -> None:
     path.write_text("[model]\nname = 'digits_cnn'\nwidth = 4\n")
     assert main(["run", str(path), "--out", str(tmp_path / "o"), "--seed", str(2**70)]) == 2
     assert not (tmp_path / "o").exists()
+
+
+CUSTOM = Path(__file__).resolve().parents[1] / "examples" / "custom"
+
+
+def _custom_recipe(tmp_path: Path, **replace: str) -> Path:
+    """The examples/custom recipe, shortened, next to copies of its factory modules."""
+    import shutil
+
+    for module in ("my_model.py", "my_data.py"):
+        shutil.copy(CUSTOM / module, tmp_path / module)
+    text = (CUSTOM / "recipe.toml").read_text()
+    for old, new in {
+        "pretrain_epochs = 10": "pretrain_epochs = 1",
+        "compress_epochs = 10": "compress_epochs = 2",
+        "finetune_epochs = 5": "finetune_epochs = 1",
+        "steps = 7": "steps = 2",
+        '[eval]\npreset = "quick"': "[eval]\nlimit = 40\ncompiled_latency = false",
+        **replace,
+    }.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    (tmp_path / "recipe.toml").write_text(text)
+    return tmp_path / "recipe.toml"
+
+
+def test_a_user_model_and_data_module_run(tmp_path) -> None:
+    import json
+
+    from atmc_plugin.app.cli import main
+
+    recipe = _custom_recipe(tmp_path)
+    assert main(["run", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert epochs and all("val_acc" in r for r in epochs)  # the factory's validation split
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["size"]["compression"]["channels"]  # the user's model was pruned
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "match"),
+    [
+        ('factory = "my_model:build"', 'factory = "my_model"', "expected 'package.module"),
+        ('factory = "my_model:build"', 'factory = "nowhere:build"', "cannot import 'nowhere'"),
+        ('factory = "my_model:build"', 'factory = "my_model:nothing"', "no function 'nothing'"),
+        ("width = 16", "depth = 3", "unexpected keyword argument 'depth'"),
+        (
+            'factory = "my_data:splits"\nargs = { validation = 0.1, seed = 0 }',
+            'factory = "my_model:build"',
+            "returned SmallNet; return \\(train, test\\)",
+        ),
+        ("validation = 0.1, ", "validation = 0.1, colour = 1, ", "\\[data\\] args"),
+    ],
+)
+def test_bad_factories_are_refused_before_training(tmp_path, old, new, match) -> None:
+    recipe = load_recipe(_custom_recipe(tmp_path, **{old: new}))
+    with pytest.raises(RecipeError, match=match):
+        check_recipe(recipe, torch.device("cpu"))

@@ -8,6 +8,7 @@ training starts; the tools come from their backends (:mod:`atmc_plugin.app.backe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,8 @@ class Data:
     y_train: Tensor
     x_test: Tensor
     y_test: Tensor
+    x_val: Tensor | None = None
+    y_val: Tensor | None = None
 
     @property
     def example(self) -> Tensor:
@@ -48,19 +51,46 @@ def load_data(recipe: Recipe) -> Data:
     """The recipe's data set, cut to ``train_limit`` / ``test_limit`` (first examples)."""
     from . import datasets
 
+    x_val = y_val = None
     try:
-        if recipe.dataset == "digits":
-            parts = datasets.load_digits(seed=0)
+        if recipe.data_factory:
+            x_tr, y_tr, x_val, y_val, x_te, y_te = _factory_data(recipe)
+        elif recipe.dataset == "digits":
+            x_tr, y_tr, x_te, y_te = datasets.load_digits(seed=0)
         else:
-            parts = datasets.load_cifar10(recipe.data_path or "")
+            x_tr, y_tr, x_te, y_te = datasets.load_cifar10(recipe.data_path or "")
     except ATMCError as exc:
+        if isinstance(exc, RecipeError):
+            raise
         raise RecipeError(f"{recipe.path}: [data] {exc}") from exc
-    x_tr, y_tr, x_te, y_te = parts
     if recipe.train_limit:
         x_tr, y_tr = x_tr[: recipe.train_limit], y_tr[: recipe.train_limit]
     if recipe.test_limit:
         x_te, y_te = x_te[: recipe.test_limit], y_te[: recipe.test_limit]
-    return Data(x_tr, y_tr, x_te, y_te)
+    return Data(x_tr, y_tr, x_te, y_te, x_val, y_val)
+
+
+def _factory_data(recipe: Recipe) -> tuple[Any, ...]:
+    """``[data] factory``: train, validation (or None) and test tensors."""
+    from .factories import as_tensors, load_callable
+
+    where = f"{recipe.path}: [data] factory"
+    function = load_callable(recipe.data_factory or "", recipe.path.parent, where)
+    try:
+        splits = function(**recipe.data_args)
+    except TypeError as exc:
+        raise RecipeError(f"{where}: {exc} (its arguments come from [data] args)") from exc
+    if not isinstance(splits, (tuple, list)) or len(splits) not in (2, 3):
+        raise RecipeError(
+            f"{where}: returned {type(splits).__name__}; return (train, test) or "
+            "(train, validation, test)."
+        )
+    names = ("train", "test") if len(splits) == 2 else ("train", "validation", "test")
+    parts = {
+        name: as_tensors(split, where, name) for name, split in zip(names, splits, strict=True)
+    }
+    val = parts.get("validation", (None, None))
+    return (*parts["train"], *val, *parts["test"])
 
 
 def build_model(recipe: Recipe, data: Data) -> nn.Module:
@@ -69,6 +99,8 @@ def build_model(recipe: Recipe, data: Data) -> nn.Module:
 
     kwargs = dict(recipe.model_kwargs)
     in_channels = int(data.x_train.shape[1])
+    if recipe.model_factory:
+        return _factory_model(recipe, kwargs)
     try:
         if recipe.model_name == "digits_cnn":
             return models.DigitsCNN(**kwargs)
@@ -81,6 +113,20 @@ def build_model(recipe: Recipe, data: Data) -> nn.Module:
         return models.CifarResNet(**kwargs)
     except (TypeError, ValueError) as exc:
         raise RecipeError(f"{recipe.path}: [model] {recipe.model_name}: {exc}") from exc
+
+
+def _factory_model(recipe: Recipe, kwargs: dict[str, Any]) -> nn.Module:
+    from .factories import load_callable
+
+    where = f"{recipe.path}: [model] factory"
+    function = load_callable(recipe.model_factory or "", recipe.path.parent, where)
+    try:
+        model = function(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"{where}: {exc} (its arguments are [model]'s other keys)") from exc
+    if not isinstance(model, nn.Module):
+        raise RecipeError(f"{where}: returned {type(model).__name__}, not a torch.nn.Module.")
+    return model
 
 
 def check_recipe(recipe: Recipe, device: torch.device) -> Data:

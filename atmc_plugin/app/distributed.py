@@ -8,6 +8,7 @@ Only rank 0 writes the run folder and evaluates.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -43,7 +44,7 @@ class Context:
         if n == 0:
             raise ATMCError(f"{len(data.y_train)} training examples for {self.world_size} ranks.")
         take = slice(self.rank, self.rank + n * self.world_size, self.world_size)
-        return Data(data.x_train[take], data.y_train[take], data.x_test, data.y_test)
+        return dataclasses.replace(data, x_train=data.x_train[take], y_train=data.y_train[take])
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """``DistributedDataParallel`` around ``model`` (``model`` itself in one process)."""

@@ -10,8 +10,10 @@ Sections (all but ``[model]`` optional)::
 
     [run]    name, seed, device ("auto" | "cpu" | "cuda")
     [data]   dataset ("digits" | "cifar10"), path (cifar10: folder of data_batch_*.bin),
-             batch_size, train_limit, test_limit
-    [model]  name ("digits_cnn" | "mlp" | "resnet"), and the model's keyword arguments
+             batch_size, train_limit, test_limit; or factory = "package.module:function"
+             with args = {...}: your data (see atmc_plugin.app.factories)
+    [model]  name ("digits_cnn" | "mlp" | "resnet"), and the model's keyword arguments; or
+             factory = "package.module:function" and its keyword arguments: your model
     [train]  pretrain_epochs, compress_epochs, finetune_epochs, lr, momentum, weight_decay,
              clean_weight
     [torch_pruning]  pruner, importance, pruning_ratio, iterative_steps, ignored_layers, ...
@@ -91,6 +93,9 @@ class Recipe:
     test_limit: int | None
     model_name: str
     model_kwargs: dict[str, Any]
+    model_factory: str | None
+    data_factory: str | None
+    data_args: dict[str, Any]
     train: TrainSpec
     atmc: ATMCConfig
     torch_pruning: dict[str, Any] | None
@@ -206,7 +211,7 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         path,
         "data",
         raw.get("data"),
-        ("dataset", "path", "batch_size", "train_limit", "test_limit"),
+        ("dataset", "path", "batch_size", "train_limit", "test_limit", "factory", "args"),
     )
     model = _Section(path, "model", raw["model"], None)
     train = _Section(path, "train", raw.get("train"), tuple(TrainSpec.__dataclass_fields__))
@@ -217,14 +222,29 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         ("preset", "eps", "limit", "latency_batch", "compiled_latency"),
     )
 
-    dataset = data.choice("dataset", "digits", DATASETS)
+    data_factory = data.string("factory", "") if "factory" in data.data else None
+    data_args = data.data.get("args", {})
+    if not isinstance(data_args, dict):
+        raise data.error("args", data_args, "expected a table of keyword arguments")
+    if data_factory is not None and "dataset" in data.data:
+        raise data.error("factory", data_factory, "give either dataset or factory, not both")
+    if data_factory is None and data_args:
+        raise data.error("args", data_args, "args are the arguments of [data] factory; set it")
+    dataset = data.choice("dataset", "digits", DATASETS) if data_factory is None else "factory"
     data_path = None
     if dataset == "cifar10":
         if "path" not in data.data:
             raise data.error("path", None, "cifar10 needs the folder holding data_batch_*.bin")
         data_path = (path.parent / data.string("path", "")).expanduser()
-    model_name = model.choice("name", "digits_cnn", MODELS)
-    model_kwargs = _model_kwargs(model, model_name)
+    model_factory = model.string("factory", "") if "factory" in model.data else None
+    if model_factory is not None:
+        if "name" in model.data:
+            raise model.error("factory", model_factory, "give either name or factory, not both")
+        model_name = model_factory
+        model_kwargs = {k: v for k, v in model.data.items() if k != "factory"}
+    else:
+        model_name = model.choice("name", "digits_cnn", MODELS)
+        model_kwargs = _model_kwargs(model, model_name)
     spec = TrainSpec(
         pretrain_epochs=train.integer("pretrain_epochs", TrainSpec.pretrain_epochs),
         compress_epochs=train.integer("compress_epochs", TrainSpec.compress_epochs),
@@ -254,6 +274,9 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         test_limit=data.integer("test_limit", None, low=1),
         model_name=model_name,
         model_kwargs=model_kwargs,
+        model_factory=model_factory,
+        data_factory=data_factory,
+        data_args=dict(data_args),
         train=spec,
         atmc=atmc,
         torch_pruning=tp_section,

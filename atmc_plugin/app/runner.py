@@ -250,9 +250,19 @@ class Trainer:
         )
 
     def test_accuracy(self) -> float:
+        return self.accuracy(self.data.x_test, self.data.y_test)
+
+    def _validation(self) -> dict[str, float]:
+        """``val_acc`` when the data has a validation split (the user's data factory)."""
+        if self.data.x_val is None or self.data.y_val is None:
+            return {}
+        return {"val_acc": self.accuracy(self.data.x_val, self.data.y_val)}
+
+    def accuracy(self, x: Tensor, y: Tensor) -> float:
+        """Clean accuracy of the current model on ``(x, y)`` (its modes are restored)."""
         from ..modes import preserved_modes
 
-        x, y = self.data.x_test.to(self.device), self.data.y_test.to(self.device)
+        x, y = x.to(self.device), y.to(self.device)
         correct = 0
         with preserved_modes(self.model), torch.no_grad():
             self.model.eval()
@@ -308,6 +318,7 @@ class Trainer:
                     "global_epoch": offset + epoch + 1,
                     **stats,
                     "test_acc": self.test_accuracy(),
+                    **self._validation(),
                     "params": sum(p.numel() for p in self.model.parameters()),
                     "lr": self._require_optimizer().param_groups[0]["lr"],
                     "seconds": time.perf_counter() - started,
