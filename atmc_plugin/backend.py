@@ -70,8 +70,8 @@ class CompressionBackend(Protocol):
         """Before compress epoch ``epoch`` of ``epochs`` (and once with ``epoch == epochs``
         after the last): structural changes that are due."""
 
-    def before_step(self, model: nn.Module) -> None:
-        """After ``backward()``, before the optimizer's step of a compress epoch."""
+    def before_step(self, model: nn.Module, loss: Tensor) -> None:
+        """After ``loss.backward()``, before the optimizer's step of a compress epoch."""
 
     def finalize(self, model: nn.Module) -> nn.Module:
         """Hard projection at the end of compression; returns the model to fine-tune."""

@@ -41,7 +41,7 @@ def test_example_recipes_validate() -> None:
             "[model]\nname='mlp'\n[torch_pruning]\npruner='GroupNormPruner'\n[inc.atmc]\nbits=8\n",
             ["[inc] atmc", "not both"],
         ),
-        ("[model]\nname='mlp'\n[inc.rtn]\nbits=4\n", ["[inc] has an unknown key 'rtn'"]),
+        ("[model]\nname='mlp'\n[inc.smooth]\nalpha=1\n", ["[inc] has an unknown key 'smooth'"]),
         ("[model]\nname='mlp'\n[eval]\npreset='strong'\n", ["[eval] preset = 'strong'"]),
         ("[model\nname='mlp'\n", ["not a valid TOML file"]),
     ],
@@ -223,3 +223,67 @@ def test_bad_factories_are_refused_before_training(tmp_path, old, new, match) ->
     recipe = load_recipe(_custom_recipe(tmp_path, **{old: new}))
     with pytest.raises(RecipeError, match=match):
         check_recipe(recipe, torch.device("cpu"))
+
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "examples" / "recipes"
+
+
+def _vit_recipe(tmp_path: Path, **replace: str) -> Path:
+    """examples/recipes/digits_vit.toml, shortened, next to a copy of vit_digits.py."""
+    import shutil
+
+    shutil.copy(RECIPES_DIR / "vit_digits.py", tmp_path / "vit_digits.py")
+    text = (RECIPES_DIR / "digits_vit.toml").read_text()
+    for old, new in {
+        "pretrain_epochs = 30": "pretrain_epochs = 2",
+        "compress_epochs = 20": "compress_epochs = 2",
+        "finetune_epochs = 5": "finetune_epochs = 1",
+        "steps = 7": "steps = 2",
+        'preset = "standard"': "limit = 40\ncompiled_latency = false",
+        "[run]": "[data]\ntrain_limit = 256\ntest_limit = 80\n\n[run]",
+        **replace,
+    }.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    (tmp_path / "recipe.toml").write_text(text)
+    return tmp_path / "recipe.toml"
+
+
+def test_the_transformer_recipe_prunes_and_ships_weight_only(tmp_path, capsys) -> None:
+    import json
+
+    from atmc_plugin.app.cli import main
+
+    recipe = _vit_recipe(tmp_path)
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["int8"] is True  # shipped: INC weight-only RTN, not the fp32 model
+    channels = results["size"]["compression"]["channels"]
+    assert channels["blocks.0.fc1"][1] < channels["blocks.0.fc1"][0]  # MLP hidden pruned
+    assert channels["blocks.0.attn.qkv"][1] == channels["blocks.0.attn.qkv"][0]
+    capsys.readouterr()
+    assert main(["eval", str(out / "final.pt"), "--device", "cpu"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)  # rebuilt: structure, weights, RTN
+    assert evaluated["clean"] == results["evaluation"]["compressed"]["clean"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "match"),
+    [
+        ('["cls_token", 2]', '["cls_tokn", 2]', "unwrapped_parameters entry"),
+        ('["cls_token", 2]', '["cls_token", 5]', "unwrapped_parameters entry"),
+        ("[inc.rtn]", "[inc.static]\n\n[inc.rtn]", "not both"),
+        ('optimizer = "adamw"', 'optimizer = "adam"', "choose one of sgd, adamw"),
+        ("group_size = 16\nuse_sym = true", "group_size = 16\nuse_symm = true", "use_sym"),
+        (
+            "bits = 4\ngroup_size = 16\nuse_sym",
+            "bits = 16\ngroup_size = 16\nuse_sym",
+            "in \\[1, 8\\]",
+        ),
+    ],
+)
+def test_bad_transformer_recipe_values(tmp_path, old, new, match) -> None:
+    path = _vit_recipe(tmp_path, **{old: new})
+    with pytest.raises(RecipeError, match=match):
+        check_recipe(load_recipe(path), torch.device("cpu"))

@@ -98,11 +98,15 @@ def atmc_build_adapter(target: Any, config: ATMCConfig, options: Mapping[str, An
 
 @hookimpl
 def atmc_command_backend(section: str, settings: Mapping[str, Any], context: Any) -> Any:
-    """The ``atmc`` command's backends for the ``[inc.atmc]`` and ``[inc.static]`` sections."""
-    if section not in ("inc.atmc", "inc.static"):
+    """The ``atmc`` command's backends for ``[inc.atmc]``, ``[inc.static]``, ``[inc.rtn]``."""
+    if section not in ("inc.atmc", "inc.static", "inc.rtn"):
         return None
     load()
-    from .backend import ATMCQuantBackend, StaticInt8Backend
+    from .backend import ATMCQuantBackend, StaticInt8Backend, WeightOnlyBackend
 
-    cls = ATMCQuantBackend if section == "inc.atmc" else StaticInt8Backend
-    return cls(settings, context)
+    backends = {
+        "inc.atmc": ATMCQuantBackend,
+        "inc.static": StaticInt8Backend,
+        "inc.rtn": WeightOnlyBackend,
+    }
+    return backends[section](settings, context)

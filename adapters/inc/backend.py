@@ -84,7 +84,7 @@ class ATMCQuantBackend:
     def on_epoch(self, epoch: int, epochs: int) -> None:
         """Nothing: INC changes no structure during training."""
 
-    def before_step(self, model: nn.Module) -> None:
+    def before_step(self, model: nn.Module, loss: Tensor) -> None:
         """Nothing: the projections run from the optimizer's step."""
 
     def finalize(self, model: nn.Module) -> nn.Module:
@@ -135,3 +135,53 @@ class StaticInt8Backend:
             config=self.config,
             seed=self.context.seed,
         )
+
+
+class WeightOnlyBackend:
+    """Ships the trained model with INC's weight-only RTN (``RTNConfig`` dict form: bits,
+    group_size, use_sym ...) on its Linear layers; the model itself is left unchanged. Train for
+    the same grid (``[atmc.constraint]`` bits, ``quantizer = "int"``, the group size) so that
+    RTN keeps ATMC's weights."""
+
+    section = "inc.rtn"
+
+    def __init__(self, settings: Mapping[str, Any], context: BackendContext) -> None:
+        import inspect
+
+        from neural_compressor.torch.quantization import RTNConfig
+
+        from atmc_plugin.errors import did_you_mean
+
+        known = [n for n in inspect.signature(RTNConfig).parameters if n != "white_list"]
+        for key in settings:  # INC's from_dict ignores unknown keys
+            if key not in known:
+                raise ConfigError(
+                    f"[{self.section}] has no setting {key!r}.{did_you_mean(key, known)} "
+                    f"RTNConfig takes: {', '.join(known)}."
+                )
+        bits, group = settings.get("bits", 4), settings.get("group_size", 32)
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+            raise ConfigError(f"[{self.section}] bits = {bits!r}: expected an integer in [1, 8].")
+        if isinstance(group, bool) or not isinstance(group, int) or not (group == -1 or group > 0):
+            raise ConfigError(
+                f"[{self.section}] group_size = {group!r}: expected -1 (per channel) or a "
+                "positive integer."
+            )
+        if not isinstance(settings.get("use_sym", True), bool):
+            raise ConfigError(f"[{self.section}] use_sym must be true or false.")
+        self.config = RTNConfig.from_dict(dict(settings))
+        self.config.use_layer_wise = False
+        self.context = context
+
+    def check(self, model: nn.Module) -> None:
+        if not any(isinstance(m, nn.Linear) for m in model.modules()):
+            raise ConfigError(
+                f"[{self.section}] {type(model).__name__} has no Linear layer: INC's weight-only "
+                "RTN quantizes Linear layers only; use [inc.static] for convolutions."
+            )
+
+    def ship(self, model: nn.Module, calibration: Iterable[tuple[Tensor, Tensor]]) -> nn.Module:
+        from neural_compressor.torch.quantization import quantize
+
+        shipped = quantize(copy.deepcopy(model).eval(), self.config)
+        return shipped.eval()

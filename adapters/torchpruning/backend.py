@@ -1,13 +1,15 @@
 """The ``[torch_pruning]`` recipe section as a backend of the ``atmc`` command.
 
 The section names a Torch-Pruning pruner class and its keyword arguments (``pruner``,
-``importance``, ``ignored_layers`` by module name, then anything the class takes). The
+``importance``, ``ignored_layers`` by module name, ``unwrapped_parameters`` as ``[name, dim]``
+pairs, then anything the class takes). The
 pruner is wrapped with ATMC; its ``iterative_steps`` are spread evenly over the compress
 stage.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Mapping
@@ -44,6 +46,7 @@ def build_pruner(settings: Mapping[str, Any], model: nn.Module, example: Tensor)
             f"{', '.join(choices)}."
         )
     importance = build_importance(section.pop("importance"))
+    section["unwrapped_parameters"] = _unwrapped(section.pop("unwrapped_parameters", None), model)
     modules = dict(model.named_modules())
     ignored = []
     for layer in section.pop("ignored_layers", []):
@@ -57,6 +60,25 @@ def build_pruner(settings: Mapping[str, Any], model: nn.Module, example: Tensor)
         return cls(model, example, importance=importance, ignored_layers=ignored, **section)
     except TypeError as exc:
         raise ConfigError(f"[{SECTION}] {name}: {exc}") from exc
+
+
+def _unwrapped(entries: Any, model: nn.Module) -> list[tuple[nn.Parameter, int]] | None:
+    """``unwrapped_parameters = [["cls_token", 2], ...]``: parameters by name, with the
+    dimension Torch-Pruning slices (class tokens, position embeddings, layer scales)."""
+    if entries is None:
+        return None
+    params = dict(model.named_parameters())
+    out = []
+    for entry in entries if isinstance(entries, list) else [entries]:
+        ok = isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], int)
+        if not ok or entry[0] not in params or not 0 <= entry[1] < params[entry[0]].dim():
+            raise ConfigError(
+                f"[{SECTION}] unwrapped_parameters entry {entry!r}: expected [name, dim] with a "
+                f"parameter of {type(model).__name__} and one of its dimensions; direct "
+                f"parameters: {', '.join(n for n in params if '.' not in n) or 'none'}."
+            )
+        out.append((params[entry[0]], entry[1]))
+    return out
 
 
 def build_importance(name: str) -> Any:
@@ -137,8 +159,13 @@ class PruningBackend:
                 sum(p.numel() for p in pruner.model.parameters()),
             )
 
-    def before_step(self, model: nn.Module) -> None:
-        self._pruner().regularize(model)
+    def before_step(self, model: nn.Module, loss: Tensor) -> None:
+        """The pruner's own regularizer; Torch-Pruning's base signature takes the loss too."""
+        pruner = self._pruner()
+        if "loss" in inspect.signature(pruner.pruner.regularize).parameters:
+            pruner.regularize(model, loss)
+        else:
+            pruner.regularize(model)
 
     def finalize(self, model: nn.Module) -> nn.Module:
         self._pruner().finalize()

@@ -51,7 +51,7 @@ class PlainBackend:
     def on_epoch(self, epoch: int, epochs: int) -> None:
         """Nothing: ATMC changes no structure."""
 
-    def before_step(self, model: nn.Module) -> None:
+    def before_step(self, model: nn.Module, loss: Tensor) -> None:
         """Nothing: the projections run from the optimizer's step."""
 
     def finalize(self, model: nn.Module) -> nn.Module:

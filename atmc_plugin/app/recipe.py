@@ -15,9 +15,11 @@ Sections (all but ``[model]`` optional)::
     [model]  name ("digits_cnn" | "mlp" | "resnet"), and the model's keyword arguments; or
              factory = "package.module:function" and its keyword arguments: your model
     [train]  pretrain_epochs, compress_epochs, finetune_epochs, lr, momentum, weight_decay,
-             clean_weight
+             clean_weight, optimizer ("sgd" | "adamw"), schedule ("cosine" | "step" |
+             "constant")
     [torch_pruning]  pruner, importance, pruning_ratio, iterative_steps, ignored_layers, ...
-    [inc]    INC's dict form: static = {...} and/or atmc = {...}
+    [inc]    INC's dict form: atmc = {...} (compress through INC), and static = {...} (ship
+             static int8) or rtn = {...} (ship weight-only RTN)
     [atmc]   attack, constraint, admm (see ATMCConfig)
     [eval]   preset ("quick" | "standard"), eps, limit, latency_batch, compiled_latency
 """
@@ -57,7 +59,9 @@ MODEL_ARGS: dict[str, dict[str, tuple[str, int, int]]] = {
 }
 DEVICES = ("auto", "cpu", "cuda")
 PRESETS = ("quick", "standard")
-INC_ALGORITHMS = ("static", "atmc")
+INC_ALGORITHMS = ("static", "atmc", "rtn")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
 
 
 class RecipeError(ConfigError):
@@ -66,7 +70,11 @@ class RecipeError(ConfigError):
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """The three training stages, in epochs, and the SGD settings."""
+    """The three training stages, in epochs, and the optimizer settings.
+
+    ``optimizer``: ``"sgd"`` (with ``momentum``) or ``"adamw"``; ``schedule`` per stage:
+    ``"cosine"`` to 0, ``"step"`` (x0.1 after each third of the stage) or ``"constant"``.
+    """
 
     pretrain_epochs: int = 10
     compress_epochs: int = 20
@@ -75,6 +83,8 @@ class TrainSpec:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     clean_weight: float = 0.5
+    optimizer: str = "sgd"
+    schedule: str = "cosine"
 
 
 @dataclass(frozen=True)
@@ -253,6 +263,8 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         momentum=train.number("momentum", TrainSpec.momentum, high=1.0),
         weight_decay=train.number("weight_decay", TrainSpec.weight_decay, high=1.0),
         clean_weight=train.number("clean_weight", TrainSpec.clean_weight, high=1.0),
+        optimizer=train.choice("optimizer", TrainSpec.optimizer, OPTIMIZERS),
+        schedule=train.choice("schedule", TrainSpec.schedule, SCHEDULES),
     )
     try:
         atmc = ATMCConfig.from_dict(raw.get("atmc", {}))
@@ -338,6 +350,13 @@ def _inc(
                 "the constraint is given twice; with [inc.atmc] "
                 "leave [atmc.constraint] out ([atmc.attack] still sets the pre-training attack)",
             )
+    if "rtn" in section.data and "static" in section.data:
+        raise section.error(
+            "rtn",
+            section.data["rtn"],
+            "ship either INC static int8 ([inc.static]) or INC weight-only RTN ([inc.rtn]), "
+            "not both",
+        )
     return {k: dict(v) for k, v in section.data.items()}
 
 

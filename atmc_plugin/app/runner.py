@@ -101,13 +101,21 @@ class Trainer:
     def _optimizer(self, stage: str, epochs: int, model: nn.Module | None = None) -> Any:
         spec = self.recipe.train
         lr = spec.lr * STAGE_LR[stage]
-        self.optimizer = torch.optim.SGD(
-            (model or self.model).parameters(),
-            lr=lr,
-            momentum=spec.momentum,
-            weight_decay=spec.weight_decay if stage != "finetune" else 0.0,
-        )
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, max(1, epochs))
+        params = (model or self.model).parameters()
+        decay = spec.weight_decay if stage != "finetune" else 0.0
+        if spec.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=decay)
+        else:
+            self.optimizer = torch.optim.SGD(
+                params, lr=lr, momentum=spec.momentum, weight_decay=decay
+            )
+        sched = torch.optim.lr_scheduler
+        if spec.schedule == "cosine":
+            self.scheduler = sched.CosineAnnealingLR(self.optimizer, max(1, epochs))
+        elif spec.schedule == "step":
+            self.scheduler = sched.StepLR(self.optimizer, max(1, -(-epochs // 3)), gamma=0.1)
+        else:
+            self.scheduler = sched.ConstantLR(self.optimizer, factor=1.0, total_iters=0)
         return self.optimizer
 
     def _build_compress(self) -> None:
@@ -215,7 +223,7 @@ class Trainer:
             opt.zero_grad()
             loss.backward()
             if stage == "compress":
-                self.backend.before_step(self.model)
+                self.backend.before_step(self.model, loss)
             try:
                 opt.step()
             except InputError as exc:  # ATMC refuses NaN/inf weights before projecting
