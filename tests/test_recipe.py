@@ -287,3 +287,41 @@ def test_bad_transformer_recipe_values(tmp_path, old, new, match) -> None:
     path = _vit_recipe(tmp_path, **{old: new})
     with pytest.raises(RecipeError, match=match):
         check_recipe(load_recipe(path), torch.device("cpu"))
+
+
+def test_shift_augmentation_moves_images_by_at_most_an_eighth() -> None:
+    from atmc_plugin.app.loader import augment
+
+    x = torch.zeros(64, 1, 8, 8)
+    x[:, 0, 4, 4] = 1.0
+    torch.manual_seed(0)
+    shifted = augment(x, "shift")
+    assert shifted.shape == x.shape and torch.equal(shifted.sum(dim=(1, 2, 3)), torch.ones(64))
+    where = shifted[:, 0].flatten(1).argmax(1)
+    rows, cols = where // 8, where % 8
+    assert int((rows - 4).abs().max()) <= 1 and int((cols - 4).abs().max()) <= 1
+    assert len(set(where.tolist())) > 1  # not all the same shift
+    flipped = augment(x, "flip_shift")
+    assert int((flipped[:, 0].flatten(1).argmax(1) % 8).min()) <= 3  # some mirrored to col 3
+
+
+def test_workers_give_the_same_run(tmp_path) -> None:
+    """Shuffling and augmentation are seeded by the run: DataLoader workers change nothing."""
+    import json
+
+    from atmc_plugin.app.cli import main
+
+    text = (Path(__file__).parent / "recipes" / "tiny_tp.toml").read_text()
+    text = text.replace("batch_size = 64", 'batch_size = 64\naugment = "shift"')
+    text = text.replace("compress_epochs = 3", "compress_epochs = 2")
+    outs = []
+    for workers in (0, 2):
+        recipe = tmp_path / f"w{workers}.toml"
+        recipe.write_text(
+            text.replace('augment = "shift"', f'augment = "shift"\nworkers = {workers}')
+        )
+        out = tmp_path / f"run{workers}"
+        assert main(["run", str(recipe), "--out", str(out), "--no-progress"]) == 0
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        outs.append([json.loads(line)["loss"] for line in lines if '"epoch"' in line])
+    assert outs[0] == outs[1]

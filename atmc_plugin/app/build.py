@@ -27,6 +27,13 @@ class Data:
     y_test: Tensor
     x_val: Tensor | None = None
     y_val: Tensor | None = None
+    train_dataset: Any = None  # the user's training Dataset, streamed as it is (augmentation)
+
+    def train_set(self) -> Any:
+        """What training streams: the user's Dataset, or the training tensors as one."""
+        if self.train_dataset is not None:
+            return self.train_dataset
+        return torch.utils.data.TensorDataset(self.x_train, self.y_train)
 
     @property
     def example(self) -> Tensor:
@@ -51,10 +58,10 @@ def load_data(recipe: Recipe) -> Data:
     """The recipe's data set, cut to ``train_limit`` / ``test_limit`` (first examples)."""
     from . import datasets
 
-    x_val = y_val = None
+    x_val = y_val = train_dataset = None
     try:
         if recipe.data_factory:
-            x_tr, y_tr, x_val, y_val, x_te, y_te = _factory_data(recipe)
+            x_tr, y_tr, x_val, y_val, x_te, y_te, train_dataset = _factory_data(recipe)
         elif recipe.dataset == "digits":
             x_tr, y_tr, x_te, y_te = datasets.load_digits(seed=0)
         else:
@@ -65,13 +72,17 @@ def load_data(recipe: Recipe) -> Data:
         raise RecipeError(f"{recipe.path}: [data] {exc}") from exc
     if recipe.train_limit:
         x_tr, y_tr = x_tr[: recipe.train_limit], y_tr[: recipe.train_limit]
+        if train_dataset is not None:
+            limit = min(recipe.train_limit, len(train_dataset))
+            train_dataset = torch.utils.data.Subset(train_dataset, range(limit))
     if recipe.test_limit:
         x_te, y_te = x_te[: recipe.test_limit], y_te[: recipe.test_limit]
-    return Data(x_tr, y_tr, x_te, y_te, x_val, y_val)
+    return Data(x_tr, y_tr, x_te, y_te, x_val, y_val, train_dataset)
 
 
 def _factory_data(recipe: Recipe) -> tuple[Any, ...]:
-    """``[data] factory``: train, validation (or None) and test tensors."""
+    """``[data] factory``: train, validation (or None) and test tensors, and the training
+    Dataset itself when the factory returned one (training streams it, with its transforms)."""
     from .factories import as_tensors, load_callable
 
     where = f"{recipe.path}: [data] factory"

@@ -44,7 +44,13 @@ class Context:
         if n == 0:
             raise ATMCError(f"{len(data.y_train)} training examples for {self.world_size} ranks.")
         take = slice(self.rank, self.rank + n * self.world_size, self.world_size)
-        return dataclasses.replace(data, x_train=data.x_train[take], y_train=data.y_train[take])
+        dataset = data.train_dataset
+        if dataset is not None:
+            indices = range(len(data.y_train))[take]
+            dataset = torch.utils.data.Subset(dataset, indices)
+        return dataclasses.replace(
+            data, x_train=data.x_train[take], y_train=data.y_train[take], train_dataset=dataset
+        )
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """``DistributedDataParallel`` around ``model`` (``model`` itself in one process)."""

@@ -10,7 +10,8 @@ Sections (all but ``[model]`` optional)::
 
     [run]    name, seed, device ("auto" | "cpu" | "cuda")
     [data]   dataset ("digits" | "cifar10"), path (cifar10: folder of data_batch_*.bin),
-             batch_size, train_limit, test_limit; or factory = "package.module:function"
+             batch_size, train_limit, test_limit, augment ("none" | "shift" | "flip_shift"),
+             workers (DataLoader processes); or factory = "package.module:function"
              with args = {...}: your data (see atmc_plugin.app.factories)
     [model]  name ("digits_cnn" | "mlp" | "resnet"), and the model's keyword arguments; or
              factory = "package.module:function" and its keyword arguments: your model
@@ -61,6 +62,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRESETS = ("quick", "standard")
 INC_ALGORITHMS = ("static", "atmc", "rtn")
 OPTIMIZERS = ("sgd", "adamw")
+AUGMENTATIONS = ("none", "shift", "flip_shift")
 SCHEDULES = ("cosine", "step", "constant")
 
 
@@ -99,6 +101,8 @@ class Recipe:
     dataset: str
     data_path: Path | None
     batch_size: int
+    augment: str
+    workers: int
     train_limit: int | None
     test_limit: int | None
     model_name: str
@@ -221,7 +225,17 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         path,
         "data",
         raw.get("data"),
-        ("dataset", "path", "batch_size", "train_limit", "test_limit", "factory", "args"),
+        (
+            "dataset",
+            "path",
+            "batch_size",
+            "train_limit",
+            "test_limit",
+            "factory",
+            "args",
+            "augment",
+            "workers",
+        ),
     )
     model = _Section(path, "model", raw["model"], None)
     train = _Section(path, "train", raw.get("train"), tuple(TrainSpec.__dataclass_fields__))
@@ -282,6 +296,8 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         dataset=dataset,
         data_path=data_path,
         batch_size=data.integer("batch_size", 64, low=1),
+        augment=data.choice("augment", "none", AUGMENTATIONS),
+        workers=data.integer("workers", 0, high=64),
         train_limit=data.integer("train_limit", None, low=1),
         test_limit=data.integer("test_limit", None, low=1),
         model_name=model_name,

@@ -68,8 +68,7 @@ class Trainer:
         self.run_dir = run
         self.progress = progress
         self.model = model
-        self.x_train = data.x_train.to(device)
-        self.y_train = data.y_train.to(device)
+        self.train_set = data.train_set()
         self.gen = torch.Generator().manual_seed(recipe.seed)
         self.metrics_count = 0
         self.atmc: ATMC | None = None  # the ATMC of the compress/finetune stages
@@ -127,7 +126,7 @@ class Trainer:
         )
         self.perturb, self.penalty = self.atmc.perturb, self.atmc.penalty
         c = self.atmc.config.constraint
-        stage_steps = epochs * -(-len(self.y_train) // recipe.batch_size)
+        stage_steps = epochs * -(-len(self.data.y_train) // recipe.batch_size)
         if c.sparse and c.schedule == "cubic" and c.ramp_steps > stage_steps:
             log.warning(
                 "constraint.ramp_steps = %d is longer than the compression stage (%d optimizer "
@@ -196,17 +195,20 @@ class Trainer:
         """One epoch; raises :class:`DivergedError` on a non-finite loss or weight."""
         spec = self.recipe.train
         model, opt = self.forward_model(), self._require_optimizer()
-        order = torch.randperm(len(self.y_train), generator=self.gen).to(self.device)
-        batches = range(0, len(order), self.recipe.batch_size)
+        from .loader import augment, train_loader
+
+        batches: Any = train_loader(
+            self.train_set, self.recipe.batch_size, self.gen, self.recipe.workers
+        )
         if self.progress:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc=f"{stage} {epoch + 1}", unit="batch", leave=False)
         total = correct = adv_correct = 0
         loss_sum = 0.0
-        for step, start in enumerate(batches):
-            idx = order[start : start + self.recipe.batch_size]
-            x, y = self.x_train[idx], self.y_train[idx]
+        for step, (x_cpu, y_cpu) in enumerate(batches):
+            x = augment(x_cpu.to(self.device), self.recipe.augment)
+            y = y_cpu.to(self.device)
             model.train()
             logits = model(x)
             loss = F.cross_entropy(logits, y)
