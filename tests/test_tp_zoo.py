@@ -1,6 +1,6 @@
-"""The architectures people compress, through Torch-Pruning bare, wrapped with ATMC off, and
-wrapped with ATMC on (small instances written here: torchvision does not import on this
-machine and nothing is downloaded).
+"""The architectures people compress (ResNet, MobileNet, EfficientNet, ConvNeXt, ViT, BERT),
+through Torch-Pruning bare, wrapped with ATMC off, and wrapped with ATMC on (small instances
+written here: torchvision does not import on this machine and nothing is downloaded).
 
 For each: widths and values equal to the bare pruner with ATMC off; the optimizer holds
 exactly the live parameters (momentum sliced); no untraced slice; with ATMC on, the budget
@@ -20,7 +20,7 @@ import torch_pruning as tp
 from atmc_plugin_adapters.torchpruning import load_pruned, save_pruned
 from torch import nn
 from torch.nn import functional as F
-from tp_models import MobileBlockNet, TinyConvNeXt, TinyEncoder, TinyViT
+from tp_models import MobileBlockNet, TinyConvNeXt, TinyEfficientNet, TinyEncoder, TinyViT
 
 import atmc_plugin
 from atmc_plugin import ATMCConfig, ConstraintConfig
@@ -41,6 +41,7 @@ def _ids(n: int, g: torch.Generator) -> torch.Tensor:
 ZOO: dict[str, tuple[Any, Any]] = {
     "resnet": (lambda: CifarResNet(depth=8, in_channels=3), _images((3, 16, 16))),
     "mobilenet": (MobileBlockNet, _images((3, 8, 8))),
+    "efficientnet": (TinyEfficientNet, _images((3, 8, 8))),
     "convnext": (TinyConvNeXt, _images((1, 8, 8))),
     "vit": (TinyViT, _images((1, 8, 8))),
     "bert": (TinyEncoder, _ids),

@@ -132,3 +132,32 @@ class TinyEncoder(nn.Module):
         h = self.norm(self.tokens(ids) + self.positions)
         h = h + self.down(nn.functional.gelu(self.up(h)))
         return self.head(h.mean(dim=1))
+
+
+class TinyEfficientNet(nn.Module):
+    """An EfficientNet-style MBConv block on 3x8x8 images: expand 1x1, depthwise 3x3, squeeze-
+    and-excitation (pool, reduce, SiLU, expand, sigmoid, multiply), project 1x1, residual."""
+
+    def __init__(self, width: int = 16, expand: int = 4, classes: int = 10) -> None:
+        super().__init__()
+        hidden = width * expand
+        self.stem = nn.Conv2d(3, width, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(width)
+        self.expand = nn.Conv2d(width, hidden, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(hidden)
+        self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False)
+        self.bn2 = nn.BatchNorm2d(hidden)
+        self.se_reduce = nn.Conv2d(hidden, hidden // 8, 1)
+        self.se_expand = nn.Conv2d(hidden // 8, hidden, 1)
+        self.project = nn.Conv2d(hidden, width, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = nn.functional.silu
+        x = act(self.bn0(self.stem(x)))
+        h = act(self.bn1(self.expand(x)))
+        h = act(self.bn2(self.dw(h)))
+        scale = torch.sigmoid(self.se_expand(act(self.se_reduce(h.mean((2, 3), keepdim=True)))))
+        h = self.bn3(self.project(h * scale))
+        return self.head((x + h).mean(dim=(2, 3)))
