@@ -101,7 +101,8 @@ def _factory_data(recipe: Recipe) -> tuple[Any, ...]:
         name: as_tensors(split, where, name) for name, split in zip(names, splits, strict=True)
     }
     val = parts.get("validation", (None, None))
-    return (*parts["train"], *val, *parts["test"])
+    dataset = splits[0] if isinstance(splits[0], torch.utils.data.Dataset) else None
+    return (*parts["train"], *val, *parts["test"], dataset)
 
 
 def build_model(recipe: Recipe, data: Data) -> nn.Module:
