@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -325,3 +326,33 @@ def test_workers_give_the_same_run(tmp_path) -> None:
         lines = (out / "metrics.jsonl").read_text().splitlines()
         outs.append([json.loads(line)["loss"] for line in lines if '"epoch"' in line])
     assert outs[0] == outs[1]
+
+
+def test_the_users_training_dataset_is_streamed_as_it_is(tmp_path) -> None:
+    """Training reads the factory's Dataset item by item in shuffled order (its own transforms
+    apply), not only the in-order copy made when the recipe is checked."""
+    from atmc_plugin.app.cli import main
+
+    recipe = _custom_recipe(tmp_path, **{'"my_data:splits"': '"counting_data:splits"'})
+    (tmp_path / "counting_data.py").write_text(
+        "import torch\n"
+        "from my_data import splits as digits\n"
+        "READS = []\n"
+        "class Recorded(torch.utils.data.Dataset):\n"
+        "    def __init__(self, inner):\n"
+        "        self.inner = inner\n"
+        "    def __len__(self):\n"
+        "        return len(self.inner)\n"
+        "    def __getitem__(self, i):\n"
+        "        READS.append(int(i))\n"
+        "        return self.inner[i]\n"
+        "def splits(validation=0.1, seed=0):\n"
+        "    train, val, test = digits(validation, seed)\n"
+        "    return Recorded(train), val, test\n"
+    )
+    assert main(["run", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    import counting_data
+
+    reads = counting_data.READS
+    shuffled = sum(1 for a, b in itertools.pairwise(reads) if b < a and b != 0)
+    assert shuffled > 100  # in-order copies only step back to 0; training reads shuffled
