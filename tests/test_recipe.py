@@ -356,3 +356,19 @@ def test_the_users_training_dataset_is_streamed_as_it_is(tmp_path) -> None:
     reads = counting_data.READS
     shuffled = sum(1 for a, b in itertools.pairwise(reads) if b < a and b != 0)
     assert shuffled > 100  # in-order copies only step back to 0; training reads shuffled
+
+
+def test_augmentation_of_non_images_is_refused(tmp_path) -> None:
+    (tmp_path / "flat_data.py").write_text(
+        "import torch\n"
+        "def splits():\n"
+        "    x, y = torch.rand(40, 64), torch.randint(0, 10, (40,))\n"
+        "    return (x[:32], y[:32]), (x[32:], y[32:])\n"
+    )
+    path = tmp_path / "r.toml"
+    path.write_text(
+        "[model]\nname = 'mlp'\nhidden = [8]\n"
+        "[data]\nfactory = 'flat_data:splits'\naugment = 'shift'\n"
+    )
+    with pytest.raises(RecipeError, match=r"augment = 'shift' shifts and flips images"):
+        check_recipe(load_recipe(path), torch.device("cpu"))

@@ -160,6 +160,12 @@ def check_recipe(recipe: Recipe, device: torch.device) -> Data:
             f"{recipe.path}: [model] {recipe.model_name} does not accept the {recipe.dataset} "
             f"inputs of shape {tuple(example.shape[1:])}: {exc}"
         ) from exc
+    if recipe.augment != "none" and example.dim() != 4:
+        raise RecipeError(
+            f"{recipe.path}: [data] augment = {recipe.augment!r} shifts and flips images "
+            f"(N, C, H, W), but the inputs have shape {tuple(example.shape)}; set "
+            "augment = 'none' (or augment inside your Dataset)."
+        )
     _check_constraint_fits(recipe, model)
     check_tools(recipe, resolve_tools(recipe, example), model)
     return data

@@ -29,8 +29,9 @@ def train_loader(
 
 def augment(x: Tensor, kind: str) -> Tensor:
     """``shift``: translate each image by up to 1/8 of its size (zero fill); ``flip_shift``:
-    also mirror half of them left-right. Images are ``(N, C, H, W)``; others pass unchanged."""
-    if kind == "none" or x.dim() != 4:
+    also mirror half of them left-right. Images are ``(N, C, H, W)`` (the recipe check refuses
+    augmentation of other inputs)."""
+    if kind == "none":
         return x
     n, _, h, w = x.shape
     if kind == "flip_shift":
