@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .config import ATMCConfig
 from .core import ATMC
+from .errors import ATMCError
 from .report import CompressionReport
 
 MakeOptimizer = Callable[[nn.Module], torch.optim.Optimizer]
@@ -88,6 +89,39 @@ class CompressionBackend(Protocol):
     def rebuild(self, model: nn.Module, state: dict[str, Any]) -> None:
         """Give a freshly built dense ``model`` the structure that ``state`` was saved with
         (pruned widths, factorization), so the final weights load into it."""
+
+
+class SessionBackend:
+    """The common part of a :class:`CompressionBackend` whose state is one :class:`ATMC`
+    session and which changes no structure: subclasses set :attr:`atmc` in ``prepare`` and
+    provide ``section``, ``check``, ``prepare``, ``finalize`` and ``rebuild``."""
+
+    atmc: ATMC | None = None
+
+    def session(self) -> ATMC:
+        """The prepared session.
+
+        :raises ATMCError: :meth:`prepare` has not run.
+        """
+        if self.atmc is None:
+            raise ATMCError(f"internal: the {type(self).__name__} was not prepared.")
+        return self.atmc
+
+    def on_epoch(self, epoch: int, epochs: int) -> None:
+        """Nothing: no structural change during training."""
+
+    def before_step(self, model: nn.Module, loss: Tensor) -> None:
+        """Nothing: the projections run from the optimizer's step."""
+
+    def report(self) -> tuple[CompressionReport, dict[str, Any]]:
+        report = self.session().report()
+        return report, report.to_dict()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.session().state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.session().load_state_dict(state)
 
 
 @runtime_checkable

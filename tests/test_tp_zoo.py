@@ -80,8 +80,9 @@ def _assert_optimizer_holds_the_live_parameters(model: nn.Module, opt: Any) -> N
         assert buffer is None or buffer.shape == p.shape
 
 
-@pytest.mark.parametrize("name", list(ZOO))
-def test_wrap_with_atmc_off_prunes_exactly_as_bare(name: str) -> None:
+def _bare_and_wrapped(name: str) -> tuple[Any, ...]:
+    """Two identical models of ``name``: one under a bare pruner, one wrapped with ATMC off
+    and an SGD-momentum optimizer."""
     build, inputs = ZOO[name]
     torch.manual_seed(0)
     bare_model = build()
@@ -90,16 +91,21 @@ def test_wrap_with_atmc_off_prunes_exactly_as_bare(name: str) -> None:
     bare = _pruner(bare_model, example)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     wrapped = atmc_plugin.wrap(_pruner(model, example), ATMCConfig(attack=None), optimizer=opt)
+    return bare_model, bare, model, wrapped, opt, inputs
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_wrap_with_atmc_off_prunes_exactly_as_bare(name: str) -> None:
+    bare_model, bare, model, wrapped, opt, inputs = _bare_and_wrapped(name)
     bare_opt = torch.optim.SGD(bare_model.parameters(), lr=0.05)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an untraced slice warns
-        for step in range(2):
-            _sgd_step(bare_model, bare_opt, inputs, step)
-            _sgd_step(model, opt, inputs, step)
-            if step == 1:  # momentum differs from the bare optimizer's from here on
-                break
-            bare.step()
-            wrapped.step()
+        _sgd_step(bare_model, bare_opt, inputs, 0)
+        _sgd_step(model, opt, inputs, 0)
+        bare.step()
+        wrapped.step()
+        _sgd_step(bare_model, bare_opt, inputs, 1)  # momentum differs from here on
+        _sgd_step(model, opt, inputs, 1)
     assert model.state_dict().keys() == bare_model.state_dict().keys()
     for key, value in bare_model.state_dict().items():
         assert wrapped.model.state_dict()[key].shape == value.shape, key
@@ -112,14 +118,7 @@ def test_wrap_with_atmc_off_prunes_exactly_as_bare(name: str) -> None:
 @pytest.mark.parametrize("name", list(ZOO))
 def test_values_equal_bare_with_atmc_off(name: str) -> None:
     """Pruning itself (no training in between) gives the same tensors, values included."""
-    build, inputs = ZOO[name]
-    torch.manual_seed(0)
-    bare_model = build()
-    model = copy.deepcopy(bare_model)
-    example = inputs(1, torch.Generator().manual_seed(0))
-    bare = _pruner(bare_model, example)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    wrapped = atmc_plugin.wrap(_pruner(model, example), ATMCConfig(attack=None), optimizer=opt)
+    bare_model, bare, model, wrapped, _opt, _inputs = _bare_and_wrapped(name)
     for _ in range(2):
         bare.step()
         wrapped.step()

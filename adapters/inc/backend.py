@@ -16,8 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from atmc_plugin import ATMC, ATMCError, ConfigError
-from atmc_plugin.backend import BackendContext, MakeOptimizer
-from atmc_plugin.report import CompressionReport
+from atmc_plugin.backend import BackendContext, MakeOptimizer, SessionBackend
 
 from .algorithm import session_of
 from .config import ATMCQuantConfig
@@ -27,7 +26,7 @@ def _error(section: str, exc: Exception) -> ConfigError:
     return ConfigError(f"[{section}] {exc}")
 
 
-class ATMCQuantBackend:
+class ATMCQuantBackend(SessionBackend):
     """ATMC through INC's ``prepare``/``convert`` with :class:`ATMCQuantConfig`.
 
     :raises ConfigError: settings INC or ATMC refuse, or ``backend = "rtn"``, whose weight-only
@@ -54,7 +53,6 @@ class ATMCQuantBackend:
             )
         self.config = config
         self.context = context
-        self.atmc: ATMC | None = None
 
     def check(self, model: nn.Module) -> None:
         """Its attack (maybe a plugin's) and budget, on this model."""
@@ -76,31 +74,10 @@ class ATMCQuantBackend:
         self.atmc = session.atmc
         return model, session.atmc, optimizer
 
-    def _atmc(self) -> ATMC:
-        if self.atmc is None:
-            raise ConfigError("internal: the INC backend was not prepared.")
-        return self.atmc
-
-    def on_epoch(self, epoch: int, epochs: int) -> None:
-        """Nothing: INC changes no structure during training."""
-
-    def before_step(self, model: nn.Module, loss: Tensor) -> None:
-        """Nothing: the projections run from the optimizer's step."""
-
     def finalize(self, model: nn.Module) -> nn.Module:
         from neural_compressor.torch.quantization import convert
 
         return convert(model)
-
-    def report(self) -> tuple[CompressionReport, dict[str, Any]]:
-        report = self._atmc().report()
-        return report, report.to_dict()
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._atmc().state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._atmc().load_state_dict(state)
 
     def rebuild(self, model: nn.Module, state: dict[str, Any]) -> None:
         """Nothing: the ``pt2e`` and ``none`` backends keep the model's structure."""

@@ -125,6 +125,7 @@ class PruningBackend:
         self.settings = dict(settings)
         self.context = context
         self.pruner: ATMCPruner | None = None
+        self._regularize_takes_loss = False  # decided once in prepare, not per step
 
     def check(self, model: nn.Module) -> None:
         build_pruner(self.settings, model, self.context.example)
@@ -138,6 +139,7 @@ class PruningBackend:
         self.pruner = ATMCPruner(
             pruner, self.context.atmc, optimizer=optimizer, example_inputs=example
         )
+        self._regularize_takes_loss = "loss" in inspect.signature(pruner.regularize).parameters
         return model, self.pruner.atmc, optimizer
 
     def _pruner(self) -> ATMCPruner:
@@ -161,11 +163,10 @@ class PruningBackend:
 
     def before_step(self, model: nn.Module, loss: Tensor) -> None:
         """The pruner's own regularizer; Torch-Pruning's base signature takes the loss too."""
-        pruner = self._pruner()
-        if "loss" in inspect.signature(pruner.pruner.regularize).parameters:
-            pruner.regularize(model, loss)
+        if self._regularize_takes_loss:
+            self._pruner().regularize(model, loss)
         else:
-            pruner.regularize(model)
+            self._pruner().regularize(model)
 
     def finalize(self, model: nn.Module) -> nn.Module:
         self._pruner().finalize()

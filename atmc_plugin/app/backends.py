@@ -15,22 +15,26 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..backend import BackendContext, CompressionBackend, MakeOptimizer, ShipBackend
+from ..backend import (
+    BackendContext,
+    CompressionBackend,
+    MakeOptimizer,
+    SessionBackend,
+    ShipBackend,
+)
 from ..core import ATMC
 from ..errors import ATMCError, InputError
 from ..plugins import ENTRY_POINT_GROUP, default_plugin_manager
-from ..report import CompressionReport
 from .recipe import Recipe, RecipeError
 
 
-class PlainBackend:
+class PlainBackend(SessionBackend):
     """Plain :class:`~atmc_plugin.ATMC` with the recipe's ``[atmc]`` configuration."""
 
     section = "atmc"
 
     def __init__(self, context: BackendContext) -> None:
         self.context = context
-        self.atmc: ATMC | None = None
 
     def check(self, model: nn.Module) -> None:
         ATMC(copy.deepcopy(model), self.context.atmc)
@@ -43,30 +47,9 @@ class PlainBackend:
         self.atmc.attach(optimizer)
         return model, self.atmc, optimizer
 
-    def _atmc(self) -> ATMC:
-        if self.atmc is None:
-            raise ATMCError("internal: the ATMC backend was not prepared.")
-        return self.atmc
-
-    def on_epoch(self, epoch: int, epochs: int) -> None:
-        """Nothing: ATMC changes no structure."""
-
-    def before_step(self, model: nn.Module, loss: Tensor) -> None:
-        """Nothing: the projections run from the optimizer's step."""
-
     def finalize(self, model: nn.Module) -> nn.Module:
-        self._atmc().finalize()
+        self.session().finalize()
         return model
-
-    def report(self) -> tuple[CompressionReport, dict[str, Any]]:
-        report = self._atmc().report()
-        return report, report.to_dict()
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._atmc().state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._atmc().load_state_dict(state)
 
     def rebuild(self, model: nn.Module, state: dict[str, Any]) -> None:
         if self.context.atmc.constraint.factorize:
