@@ -11,7 +11,14 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .config import ADMMConfig, ATMCConfig, AttackConfig, ConstraintConfig
 from .core import ATMC
-from .errors import ATMCError, ConfigError, InputError, PluginError
+from .errors import (
+    ATMCError,
+    ConfigError,
+    InputError,
+    PluginError,
+    ScheduleWarning,
+    TrainingModeWarning,
+)
 from .plugins import ENTRY_POINT_GROUP, default_plugin_manager, get_plugin_manager, hookimpl
 from .report import CompressionReport
 from .robustness import RobustnessReport, RobustnessWarning, evaluate
@@ -36,6 +43,8 @@ __all__ = [
     "PluginError",
     "RobustnessReport",
     "RobustnessWarning",
+    "ScheduleWarning",
+    "TrainingModeWarning",
     "__version__",
     "default_plugin_manager",
     "evaluate",

@@ -137,6 +137,15 @@ class AttackConfig:
                 f"Train with one of {', '.join(TRAINING_ATTACKS)}; evaluate with it instead.",
             )
         _set(self, "name", name)
+        if not isinstance(self.eps, bool) and isinstance(self.eps, (int, float)) and self.eps > 1:
+            raise _fail(
+                s,
+                "eps",
+                self.eps,
+                "eps is in the units of the inputs, pixels in [0, 1] (before any "
+                f"normalization): {self.eps:g} pixel levels out of 255 is eps = "
+                f"{self.eps:g}/255 = {self.eps / 255:.4f} (8/255 = 0.0314).",
+            )
         _set(self, "eps", _number(s, "eps", self.eps, low=0.0, low_open=True, high=1.0))
         _set(self, "steps", _number(s, "steps", self.steps, integer=True, low=1, high=10_000))
         if self.alpha is not None:
@@ -189,10 +198,17 @@ class ConstraintConfig:
     :param min_per_layer: guard: every compressed tensor keeps at least this many non-zeros
         (its best-scored ones), counted against the budget; 0 turns the guard off.
     :param schedule: how the budget reaches its target: ``"cubic"`` (from dense to the target
-        over ``ramp_steps`` optimizer steps, Zhu & Gupta 2017) or ``"constant"`` (the target
-        from the first step, the paper's).
-    :param ramp_steps: optimizer steps of the cubic anneal; about half of the compression stage
-        is a good choice. ``finalize()`` always projects onto the target.
+        over the ramp, Zhu & Gupta 2017) or ``"constant"`` (the target from the first step, the
+        paper's).
+    :param ramp_steps: optimizer steps of the cubic anneal. ``None`` (default) ties the ramp to
+        the loop it is in: ``ramp_fraction`` of the loop's length, which the loop states
+        (``ATMC(..., total_steps=...)``, a Torch-Pruning pruner's ``iterative_steps``,
+        ``ATMCQuantConfig(total_steps=...)``, the command's compression stage). With neither a
+        ramp nor a known length the budget is at its target from the first step, as
+        ``"constant"``, and ATMC warns once. ``finalize()`` always projects onto the target and
+        warns when that is a jump (see ``docs/constraint.md``).
+    :param ramp_fraction: the share of the loop's length the cubic anneal takes when
+        ``ramp_steps`` is ``None``, in (0, 1]; the rest trains at the target.
     :param include: fnmatch patterns of module names to compress (default: all conv/linear).
     :param exclude: fnmatch patterns of module names to leave dense.
     :param layer_filter: optional ``filter(module, name) -> bool``; not serializable.
@@ -210,7 +226,8 @@ class ConstraintConfig:
     allocation: str = "lamp"
     min_per_layer: int = 4
     schedule: str = "cubic"
-    ramp_steps: int = 200
+    ramp_steps: int | None = None
+    ramp_fraction: float = 0.5
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     layer_filter: LayerFilter | None = field(default=None, compare=False)
@@ -252,8 +269,11 @@ class ConstraintConfig:
         mpl = _number(s, "min_per_layer", self.min_per_layer, integer=True, low=0, high=2**31)
         _set(self, "min_per_layer", mpl)
         _set(self, "schedule", _choice(s, "schedule", self.schedule, SCHEDULES))
-        ramp = _number(s, "ramp_steps", self.ramp_steps, integer=True, low=0, high=2**31)
-        _set(self, "ramp_steps", ramp)
+        if self.ramp_steps is not None:
+            ramp = _number(s, "ramp_steps", self.ramp_steps, integer=True, low=0, high=2**31)
+            _set(self, "ramp_steps", ramp)
+        fraction = _number(s, "ramp_fraction", self.ramp_fraction, low=0.0, low_open=True, high=1.0)
+        _set(self, "ramp_fraction", fraction)
         for key in ("include", "exclude"):
             patterns = getattr(self, key)
             if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):

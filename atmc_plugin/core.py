@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +27,7 @@ from .config import ATMCConfig
 from .engine.admm import ADMMState
 from .engine.allocation import scheduled_budget
 from .engine.factorize import FACTOR_NAMES, factorize, is_factorized
-from .errors import ConfigError, InputError, PluginError
+from .errors import ConfigError, InputError, PluginError, ScheduleWarning, TrainingModeWarning
 from .layers import following_norms, layer_weight, norm_scale, select_layers
 from .plugins import default_plugin_manager
 from .report import CompressionReport, build_report
@@ -49,6 +50,9 @@ class ATMC:
     :param plugin_manager: plugin manager to use (default: :func:`default_plugin_manager`).
     :param dense_numel: number of dense weights the density budget refers to (default: the
         selected layers' weights now). Adapters pass the pre-pruning count.
+    :param total_steps: how many optimizer steps your loop will take (``epochs * len(loader)``).
+        With ``constraint.ramp_steps`` unset, the cubic budget anneal takes
+        ``constraint.ramp_fraction`` of it; see :attr:`ramp_steps`.
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class ATMC:
         optimizer: torch.optim.Optimizer | None = None,
         plugin_manager: Any = None,
         dense_numel: int | None = None,
+        total_steps: int | None = None,
     ) -> None:
         self.config = config if config is not None else ATMCConfig()
         if not isinstance(self.config, ATMCConfig):
@@ -87,7 +92,10 @@ class ATMC:
             else sum(w.numel() for w in weights.values())
         )
         self.target_budget = constraint.budget_for(self.dense_numel)
+        self.total_steps = _check_total_steps(total_steps)
         self._budget_floor: int | None = None
+        self._floor_reason = ""
+        self._warned: set[str] = set()
         projection = self.plugin_manager.hook.atmc_build_projection(config=constraint)
         if projection is None:
             raise PluginError("no installed plugin builds a projection for this constraint.")
@@ -104,6 +112,9 @@ class ATMC:
             if constraint.allocation != "magnitude"
             else {}
         )
+        self._batch_norms = [
+            m for m in self.module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        ]
         self.step_count = 0
         self.frozen = False
         self.qstates: dict[str, Any] = {}
@@ -141,33 +152,58 @@ class ATMC:
 
     # -- the budget --------------------------------------------------------------------------
     @property
+    def ramp_steps(self) -> int | None:
+        """Optimizer steps of the cubic anneal: ``constraint.ramp_steps`` when set, else
+        ``constraint.ramp_fraction`` of :attr:`total_steps`; ``None`` when neither is known
+        (the budget is then at its target from the first step, unless an outer schedule set
+        with :meth:`set_budget_floor` holds it higher)."""
+        c = self.config.constraint
+        if c.ramp_steps is not None:
+            return c.ramp_steps
+        if self.total_steps is not None:
+            return max(1, round(c.ramp_fraction * self.total_steps))
+        return None
+
+    def set_total_steps(self, total_steps: int | None) -> None:
+        """Say how many optimizer steps the loop takes (see ``total_steps`` of the class)."""
+        self.total_steps = _check_total_steps(total_steps)
+
+    @property
     def budget(self) -> int | None:
         """The non-zero budget of the next projection (``None``: no sparsity constraint).
 
         ``constraint.schedule = "cubic"`` anneals it from the dense count to
-        :attr:`target_budget` over ``constraint.ramp_steps`` optimizer steps; a floor set with
+        :attr:`target_budget` over :attr:`ramp_steps` optimizer steps; a floor set with
         :meth:`set_budget_floor` holds it higher; after :meth:`finalize` it is the target.
         """
         target = self.target_budget
         if target is None or self.frozen:
             return target
         c = self.config.constraint
-        budget = scheduled_budget(
-            target, self.dense_numel, self.step_count, c.ramp_steps, c.schedule
+        ramp = self.ramp_steps
+        budget = (
+            target
+            if ramp is None
+            else scheduled_budget(target, self.dense_numel, self.step_count, ramp, c.schedule)
         )
         if self._budget_floor is not None:
             budget = max(budget, min(self._budget_floor, self.dense_numel))
         return budget
 
-    def set_budget_floor(self, floor: int | None) -> None:
+    def set_budget_floor(self, floor: int | None, reason: str = "") -> None:
         """Keep the budget at ``floor`` or above (``None`` removes the floor).
 
         For an outer schedule, such as the structural steps of a Torch-Pruning pruner, that
-        must not be overtaken by ATMC's own anneal. The target budget is unchanged.
+        must not be overtaken by ATMC's own anneal. The target budget is unchanged. An outer
+        schedule is a length for the anneal: ATMC's own ramp may then stay unset.
+
+        :param reason: what holds the floor, said in :meth:`finalize`'s warning when the floor
+            is still above the target there (e.g. ``"Torch-Pruning took 3 of its 5 steps"``).
         """
         if floor is not None and (isinstance(floor, bool) or not isinstance(floor, int)):
             raise InputError(f"budget floor = {floor!r}: expected an integer or None.")
         self._budget_floor = floor
+        self._floor_reason = reason
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Run projections and ADMM updates after every ``optimizer.step()``.
@@ -245,10 +281,13 @@ class ATMC:
         for name, p in params.items():
             _check_finite(name, p, step=self.step_count + 1)
         self.step_count += 1
+        self._check_training_mode()
         if self.frozen:
             self._snap_frozen(params)
             return
         c, a = self.config.constraint, self.config.admm
+        if c.sparse and c.schedule == "cubic" and self.step_count == 1:
+            self._check_schedule_has_length()
         if c.sparse and self.step_count % a.projection_interval == 0:
             self.project_sparsity(params)
         if c.quantized and self.step_count % a.interval == 0:
@@ -256,6 +295,76 @@ class ATMC:
             self.plugin_manager.hook.atmc_after_admm_update(
                 atmc=self, step=self.step_count, stats=stats
             )
+
+    def _check_training_mode(self) -> None:
+        """Warn once when a step trains a model left in eval mode with BatchNorm layers."""
+        if "mode" in self._warned or self.module.training or not self._batch_norms:
+            return
+        frozen = [m for m in self._batch_norms if not m.training]
+        if not frozen:
+            return
+        self._warned.add("mode")
+        warnings.warn(
+            f"optimizer.step() on a model in eval mode: {len(frozen)} of its BatchNorm layers "
+            "normalize with running statistics and never update them, so the weights train "
+            "for statistics that do not match the batches (accuracy can fall to chance). "
+            "Call model.train() before your training loop (Torch-Pruning's pruner constructor "
+            "and INC's export leave the model in eval mode). To freeze BatchNorm on purpose, "
+            "call model.train() and then .eval() on those layers only. Said once.",
+            TrainingModeWarning,
+            stacklevel=4,
+        )
+
+    def _check_schedule_has_length(self) -> None:
+        if self.ramp_steps is not None or self._budget_floor is not None:
+            return
+        warnings.warn(
+            "constraint.schedule = 'cubic' anneals the sparsity budget over your loop, but "
+            "ATMC does not know how long it is: the budget is at its target "
+            f"({self.target_budget:,} non-zeros of {self.dense_numel:,}) from the first step, "
+            "as schedule = 'constant'. Pass ATMC(..., total_steps=epochs * len(loader)) (or "
+            "atmc.set_total_steps(n)) to anneal over the first "
+            f"{self.config.constraint.ramp_fraction:g} of it, set constraint.ramp_steps, or "
+            "set schedule = 'constant' to silence this.",
+            ScheduleWarning,
+            stacklevel=4,
+        )
+
+    def _warn_if_final_jump(self) -> None:
+        """Warn when :meth:`finalize` has to cut the budget by more than 10% in one projection."""
+        before, target = self.budget, self.target_budget
+        if target is None or before is None or self.step_count == 0 or before <= 1.1 * target:
+            return
+        c = self.config.constraint
+        ramp = self.ramp_steps
+        floor = self._budget_floor if self._budget_floor is not None else 0
+        if floor >= before and self._floor_reason:
+            why = f"{self._floor_reason}, which holds the budget at {floor:,}"
+            fix = "finish the outer schedule before finalize()"
+        elif c.ramp_steps is not None:
+            why = f"constraint.ramp_steps = {c.ramp_steps} is longer than the {self.step_count} "
+            why += "steps your loop took"
+            fix = (
+                f"set ramp_steps to about half your loop ({max(1, self.step_count // 2)}), or "
+                f"leave it unset and pass total_steps={self.step_count}"
+            )
+        elif ramp is not None and self.total_steps is not None:
+            why = (
+                f"total_steps = {self.total_steps} (ramp {ramp} steps) but the loop took "
+                f"{self.step_count}"
+            )
+            fix = f"pass the loop's real length (total_steps={self.step_count})"
+        else:
+            why = "an outer schedule holds the budget higher"
+            fix = "finish it before finalize()"
+        warnings.warn(
+            f"finalize() cuts the sparsity budget from {before:,} to {target:,} non-zeros in one "
+            f"projection after {self.step_count} optimizer steps: {why}. Nothing trains after "
+            f"this cut, so accuracy can fall sharply. Fix: {fix}; then fine-tune after "
+            "finalize() if accuracy still drops.",
+            ScheduleWarning,
+            stacklevel=3,
+        )
 
     # -- projections -------------------------------------------------------------------------
     def project_sparsity(
@@ -337,6 +446,8 @@ class ATMC:
         for name, p in params.items():
             _check_finite(name, p)
         c = self.config.constraint
+        if c.sparse and not self.frozen:
+            self._warn_if_final_jump()
         if c.sparse:
             self.project_sparsity(params, final=True)
         with torch.no_grad():
@@ -421,6 +532,7 @@ class ATMC:
             "step": self.step_count,
             "budget": self.target_budget,
             "budget_floor": self._budget_floor,
+            "total_steps": self.total_steps,
             "dense_numel": self.dense_numel,
             "frozen": self.frozen,
             "admm": self.admm.state_dict(),
@@ -443,6 +555,7 @@ class ATMC:
         self.step_count = int(state["step"])
         self.target_budget = state["budget"]
         self._budget_floor = state.get("budget_floor")
+        self.total_steps = state.get("total_steps", self.total_steps)
         self.dense_numel = int(state["dense_numel"])
         self.frozen = bool(state["frozen"])
         self.qstates = dict(state["qstates"])
@@ -464,6 +577,17 @@ def _to_device(value: Any, device: torch.device) -> Any:
     if isinstance(value, dict):
         return {k: _to_device(v, device) for k, v in value.items()}
     return value
+
+
+def _check_total_steps(total_steps: Any) -> int | None:
+    if total_steps is None:
+        return None
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise InputError(
+            f"total_steps = {total_steps!r}: expected the number of optimizer steps your loop "
+            "takes, a positive integer (epochs * len(loader)), or None."
+        )
+    return total_steps
 
 
 def _check_finite(name: str, tensor: Tensor, step: int | None = None) -> None:

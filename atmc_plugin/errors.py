@@ -30,3 +30,12 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
     """``" Did you mean 'x'?"`` for the closest of ``choices``; ``""`` if none is close."""
     matches = difflib.get_close_matches(str(value).lower(), sorted(choices), n=1, cutoff=0.5)
     return f" Did you mean {matches[0]!r}?" if matches else ""
+
+
+class ScheduleWarning(UserWarning):
+    """The sparsity budget's schedule does not fit the loop: it has no length to anneal over,
+    or ``finalize()`` had to jump to the target in one projection."""
+
+
+class TrainingModeWarning(UserWarning):
+    """Training steps run on a model whose BatchNorm layers are in eval mode."""

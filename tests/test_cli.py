@@ -283,13 +283,14 @@ def test_plain_atmc_mlp_without_attack_and_factorized(
         "[model]\nname = 'mlp'\nhidden = [32]\n"
         "[train]\npretrain_epochs = 1\ncompress_epochs = 2\nfinetune_epochs = 1\n"
         "[atmc]\nattack = false\n"
-        "[atmc.constraint]\ndensity = 0.3\nbits = 4\nfactorize = true\n"
+        "[atmc.constraint]\ndensity = 0.3\nbits = 4\nfactorize = true\nramp_steps = 200\n"
         "[eval]\neps = 0.1\nlatency_batch = 8\n"
     )
     out = tmp_path / "run"
     assert main(["run", str(recipe), "--out", str(out), "--no-progress"]) == 0
-    # 2 epochs of 4 batches cannot hold the default 200-step anneal: the user is told
+    # 2 epochs of 4 batches cannot hold a 200-step anneal: the user is told, before training
     assert "ramp_steps = 200 is longer than the compression stage (8 optimizer" in caplog.text
+    assert "Leave ramp_steps unset" in caplog.text
     records = [r for r in RunDir(out).read_metrics() if r["kind"] == "epoch"]
     assert all(r["train_adv_acc"] is None for r in records)
     results = json.loads((out / "results.json").read_text())

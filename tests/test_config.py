@@ -105,7 +105,8 @@ def test_constraint_errors(kwargs: dict, fragment: str) -> None:
     [
         ({"eps": -0.1}, "attack.eps = -0.1"),
         ({"eps": 0.0}, "must lie in (0.0, 1.0]"),
-        ({"eps": 1e300}, "must lie in (0.0, 1.0]"),
+        ({"eps": 1e300}, "pixels in [0, 1]"),
+        ({"eps": 8}, "8/255 = 0.0314"),
         ({"steps": 0}, "attack.steps = 0"),
         ({"alpha": -1.0}, "attack.alpha = -1.0"),
         ({"name": "apgd"}, "for evaluation only"),

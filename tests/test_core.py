@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+import atmc_plugin
 from atmc_plugin import (
     ATMC,
     ADMMConfig,
@@ -19,6 +20,7 @@ from atmc_plugin.plugins import get_plugin_manager
 
 
 def _config(**constraint) -> ATMCConfig:
+    constraint.setdefault("ramp_steps", 2)  # the unit tests' loops are a few steps long
     return ATMCConfig(
         attack=AttackConfig(eps=0.1, steps=2),
         constraint=ConstraintConfig(**constraint),
@@ -38,7 +40,7 @@ def _train(model, atmc, opt, batch, steps=4) -> None:
 
 @pytest.mark.parametrize("quantizer", ["codebook", "int"])
 def test_training_loop_keeps_budget_and_finalize_quantizes(tiny_model, batch, quantizer) -> None:
-    cfg = _config(density=0.2, bits=3, quantizer=quantizer)
+    cfg = _config(density=0.2, bits=3, quantizer=quantizer, ramp_steps=200)
     opt = torch.optim.SGD(tiny_model.parameters(), lr=0.05, momentum=0.9)
     atmc = ATMC(tiny_model, cfg, optimizer=opt)
     _train(tiny_model, atmc, opt, batch)
@@ -46,7 +48,9 @@ def test_training_loop_keeps_budget_and_finalize_quantizes(tiny_model, batch, qu
     assert atmc.target_budget == round(0.2 * rep.dense_numel) < atmc.budget  # still annealing
     assert rep.nnz <= atmc.budget
     assert atmc.penalty().item() > 0
-    final = atmc.finalize()
+    jump = f"from {atmc.budget:,} to {atmc.target_budget:,} non-zeros.*ramp_steps = 200"
+    with pytest.warns(atmc_plugin.ScheduleWarning, match=jump):
+        final = atmc.finalize()
     assert final.nnz <= atmc.budget == atmc.target_budget
     for t in final.tensors:
         assert t.distinct <= 2**3
@@ -144,7 +148,7 @@ def test_layer_selection(tiny_model) -> None:
 
 
 def test_absolute_budget(tiny_model) -> None:
-    atmc = ATMC(tiny_model, _config(nnz=100))
+    atmc = ATMC(tiny_model, _config(nnz=100, ramp_steps=10))
     atmc.project_sparsity()  # step 0 of the cubic anneal: still dense
     assert atmc.report().nnz == atmc.dense_numel
     atmc.project_sparsity(final=True)

@@ -25,7 +25,7 @@ def _compressed(density: float | None, bits: int | None, grid: str = "codebook")
         admm=ADMMConfig(interval=2),
     )
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    atmc = ATMC(model, cfg, optimizer=opt)
+    atmc = ATMC(model, cfg, optimizer=opt, total_steps=3)
     g = torch.Generator().manual_seed(0)
     model.train()
     for _ in range(3):

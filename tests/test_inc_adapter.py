@@ -51,7 +51,9 @@ def _train(model: nn.Module, steps: int = 6) -> None:
 
 
 def test_quantize_runs_atmc_then_inc_rtn() -> None:
-    cfg = ATMCQuantConfig(bits=4, group_size=16, eps=0.1, steps=2, density=0.5, interval=2)
+    cfg = ATMCQuantConfig(
+        bits=4, group_size=16, eps=0.1, steps=2, density=0.5, interval=2, total_steps=6
+    )
     q = quantize(_mlp(), cfg, run_fn=_train)
     assert type(q[1]).__name__ == "INCWeightOnlyLinear"
     report = conversion_report(q)
@@ -306,3 +308,36 @@ def test_an_inc_atmc_recipe_with_a_bad_value_fails_before_training(tmp_path) -> 
     )
     assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out").exists()
+
+
+class _SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_rtn_ships_convolutions_in_fp32_and_the_report_counts_them_so(caplog) -> None:
+    torch.manual_seed(0)
+    cfg = ATMCQuantConfig(bits=4, group_size=16, eps=0.1, steps=1, density=0.5, total_steps=6)
+    with caplog.at_level(logging.INFO, logger="atmc_plugin_adapters.inc.algorithm"):
+        q = quantize(_SmallCNN(), cfg, run_fn=_train)
+    assert "packs nn.Linear only" in caplog.text and "['conv']" in caplog.text
+    assert type(q.fc).__name__ == "INCWeightOnlyLinear" and isinstance(q.conv, nn.Conv2d)
+    session = session_of(q)
+    assert session.op_names == ["fc"] and session.left_fp32 == ["conv"]
+    report = conversion_report(q).compression
+    bits = {t.name: t.bits for t in report.tensors}
+    assert bits == {"fc.weight": 4, "conv.weight": 32}
+    conv = next(t for t in report.tensors if t.name == "conv.weight")
+    assert conv.nnz == int(torch.count_nonzero(q.conv.weight))  # dense: not in the budget
+    assert report.dense_numel == q.conv.weight.numel() + 10 * 8 * 64
+
+
+def test_rtn_with_no_linear_to_pack_is_refused() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten())
+    with pytest.raises(ConfigError, match=r'packs nn.Linear layers only.*backend = "pt2e"'):
+        prepare(model, ATMCQuantConfig(bits=4))

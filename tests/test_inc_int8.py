@@ -18,7 +18,7 @@ from atmc_plugin_adapters.inc.pt2e import (
     weight_movement,
 )
 
-from atmc_plugin import AttackConfig, InputError
+from atmc_plugin import AttackConfig, ConfigError, InputError
 from atmc_plugin.app.models import DigitsCNN
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -124,3 +124,21 @@ def test_evaluate_attacks_int8_through_the_plugin_copy() -> None:
     report = evaluate(q, (x[:200][keep][:32], y[:200][keep][:32]), eps=0.3)
     assert "zero-gradients" not in report.flags
     assert report.clean == 1.0 and report.robust < 0.5  # the attacks reach the int8 graph
+
+
+@pytest.mark.parametrize("attack", ["pgd", {"name": "pgd", "eps": 0.1, "steps": 1}])
+def test_attack_given_by_name_or_dict_calibrates_like_the_config(attack) -> None:
+    torch.manual_seed(0)
+    model = DigitsCNN(width=8).eval()
+    x, y = _batch()
+    q = quantize_static_int8(model, x[:4], [(x, y)], attack=attack, seed=0)
+    assert q(x).shape == (16, 10)
+
+
+def test_a_bad_attack_value_names_the_forms_it_takes() -> None:
+    model = DigitsCNN(width=8).eval()
+    x, y = _batch()
+    with pytest.raises(InputError, match="an attack name such as 'pgd'"):
+        quantize_static_int8(model, x[:4], [(x, y)], attack=0.1)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="Did you mean 'eps'"):
+        quantize_static_int8(model, x[:4], [(x, y)], attack={"name": "pgd", "epsilon": 0.1})

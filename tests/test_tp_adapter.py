@@ -181,11 +181,71 @@ def test_budget_scheduled_with_the_steps() -> None:
         budgets.append(wrapped.atmc.budget)
     assert budgets == sorted(budgets, reverse=True) and budgets[0] < wrapped.dense_numel
     assert budgets[-1] == wrapped.target_budget == round(0.1 * wrapped.dense_numel)
+    # the default (no ramp_steps, no total_steps) follows the pruner's steps alone
+    _model, _, pruner, opt = _digits_setup(steps=4)
+    default = atmc_plugin.wrap(pruner, CFG, optimizer=opt)
+    default.step()
+    assert default.atmc.budget == budgets[0]
     # with ATMC's own anneal the budget is the looser of the two schedules
     _model, _, pruner, opt = _digits_setup(steps=4)
-    annealed = atmc_plugin.wrap(pruner, CFG, optimizer=opt)
+    ramp = ConstraintConfig(density=0.1, bits=4, ramp_steps=200)
+    own = ATMCConfig(attack=CFG.attack, constraint=ramp, admm=CFG.admm)
+    annealed = atmc_plugin.wrap(pruner, own, optimizer=opt)
     annealed.step()
     assert annealed.atmc.budget == annealed.dense_numel > budgets[0]
+
+
+def test_finalize_before_the_pruner_finished_warns_with_the_numbers() -> None:
+    model, _, pruner, opt = _digits_setup(steps=4)
+    wrapped = atmc_plugin.wrap(pruner, CFG, optimizer=opt)
+    wrapped.step()
+    _train(model, wrapped, opt)
+    budget, target = wrapped.atmc.budget, wrapped.target_budget
+    match = rf"from {budget:,} to {target:,} non-zeros.*has taken 1 of its 4 iterative_steps"
+    with pytest.warns(atmc_plugin.ScheduleWarning, match=match):
+        wrapped.finalize()
+
+
+def test_after_all_steps_finalize_is_no_jump_whatever_the_loop_length() -> None:
+    model, _, pruner, opt = _digits_setup(steps=3)
+    wrapped = atmc_plugin.wrap(pruner, CFG, optimizer=opt)
+    for _ in range(3):
+        wrapped.step()
+        _train(model, wrapped, opt, steps=1)  # a very short loop: one batch per step
+    assert wrapped.atmc.budget == wrapped.target_budget
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wrapped.finalize()
+
+
+def test_wrap_leaves_the_model_in_training_mode_and_steps_keep_the_mode() -> None:
+    model, _, pruner, opt = _digits_setup(steps=2)
+    assert not model.training  # Torch-Pruning's constructor traced it in eval mode
+    wrapped = atmc_plugin.wrap(pruner, CFG, optimizer=opt)
+    assert all(m.training for m in model.modules())
+    model.features[1].eval()  # a BatchNorm the user froze stays frozen through a pruning step
+    wrapped.step()
+    assert model.training and not model.features[1].training
+    model.train()
+    wrapped.step()
+    assert all(m.training for m in model.modules())
+
+
+def test_a_step_on_a_model_in_eval_mode_warns_once() -> None:
+    model, _, pruner, opt = _digits_setup(steps=2)
+    wrapped = atmc_plugin.wrap(pruner, CFG, optimizer=opt)
+    wrapped.step()
+    model.eval()
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    with pytest.warns(atmc_plugin.TrainingModeWarning, match="Call model.train"):
+        for _ in range(3):  # said once, not per step
+            loss = F.cross_entropy(model(wrapped.perturb(x, y)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()
 
 
 @pytest.mark.parametrize("global_pruning", [False, True])
@@ -350,7 +410,7 @@ def test_prune_masks_refused_and_nothing_changed() -> None:
     assert pruner.current_step == 0
 
 
-def test_classifier_not_ignored_warns() -> None:
+def test_classifier_not_ignored_is_refused_before_anything_changes() -> None:
     torch.manual_seed(0)
     model = DigitsCNN(width=8)
     pruner = tp.pruner.BasePruner(
@@ -360,8 +420,33 @@ def test_classifier_not_ignored_warns() -> None:
         pruning_ratio=0.5,
         ignored_layers=[nn.Linear],
     )
-    with pytest.warns(UserWarning, match="silently ignores types"):
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(InputError, match=r"outputs of 'fc'.*ignored_layers=\[model.fc\]"):
         atmc_plugin.wrap(pruner, CFG)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_inner_linear_declared_last_is_not_taken_for_the_classifier() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(16, 10)
+            self.inner = nn.Linear(64, 16)  # declared last, used first
+
+        def forward(self, x):
+            return self.head(torch.relu(self.inner(x.flatten(1))))
+
+    model = Net()
+    pruner = tp.pruner.BasePruner(
+        model,
+        torch.rand(1, 1, 8, 8),
+        importance=tp.importance.GroupMagnitudeImportance(),
+        pruning_ratio=0.5,
+        ignored_layers=[model.head],
+    )
+    wrapped = atmc_plugin.wrap(pruner, CFG)
+    wrapped.step()
+    assert model.head.out_features == 10 and model.inner.out_features < 16
 
 
 def test_a_budget_the_structure_already_meets_is_a_warning_with_the_numbers() -> None:

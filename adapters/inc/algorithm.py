@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from atmc_plugin import ATMC, ConfigError, InputError
-from atmc_plugin.report import CompressionReport
+from atmc_plugin.report import CompressionReport, tensor_stats
 
 from .config import ALGO_NAME, ATMCQuantConfig, atmc_ops
 
@@ -65,9 +65,23 @@ class INCSession:
 
     def __init__(self, model: nn.Module, op_names: list[str], config: ATMCQuantConfig) -> None:
         self.model = model
-        self.op_names = op_names
         self.config = config
-        self.atmc = ATMC(model, config.to_atmc(op_names))
+        self.left_fp32 = _unpacked_by_backend(model, op_names, config.backend)
+        self.op_names = [n for n in op_names if n not in self.left_fp32]
+        if not self.op_names:
+            raise ConfigError(
+                f"atmc backend = {config.backend!r} packs nn.Linear layers only and INC assigned "
+                f"atmc to {self.left_fp32[:3]} (no Linear): nothing would ship compressed. Use "
+                'backend = "pt2e" (static int8 of convolutions too) or "none".'
+            )
+        if self.left_fp32:
+            logger.info(
+                "INC weight-only RTN packs nn.Linear only: ATMC leaves %s in fp32 (not on the "
+                "%d-bit grid, not in the sparsity budget); the report counts them at 32 bits",
+                self.left_fp32,
+                config.bits,
+            )
+        self.atmc = ATMC(model, config.to_atmc(self.op_names), total_steps=config.total_steps)
         self._hook: Any = None
         self.report: ConversionReport | None = None
 
@@ -78,6 +92,10 @@ class INCSession:
     def penalty(self) -> Tensor:
         """ADMM term to add to the training loss."""
         return self.atmc.penalty()
+
+    def set_total_steps(self, total_steps: int | None) -> None:
+        """Say how many optimizer steps ``run_fn`` takes: the length the budget anneals over."""
+        self.atmc.set_total_steps(total_steps)
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Run ATMC's schedule after each step of ``optimizer`` (and of no other)."""
@@ -122,6 +140,14 @@ class INCSession:
         for key, value in self.__dict__.items():
             setattr(new, key, None if key == "_hook" else copy.deepcopy(value, memo))
         return new
+
+
+def _unpacked_by_backend(model: nn.Module, op_names: list[str], backend: str) -> list[str]:
+    """The ops ``backend`` would leave in fp32: everything but ``nn.Linear`` for RTN."""
+    if backend != "rtn":
+        return []
+    modules = dict(model.named_modules())
+    return [n for n in op_names if not isinstance(modules.get(n), nn.Linear)]
 
 
 def session_of(model: nn.Module) -> INCSession:
@@ -185,7 +211,7 @@ def atmc_entry(
 
 def _convert(model: nn.Module, session: INCSession) -> nn.Module:
     session.deactivate()
-    compression = session.atmc.finalize()
+    compression = _shipped(model, session, session.atmc.finalize())
     projected = {n: p.detach().clone() for n, p in session.atmc.parameters().items()}
     backend = session.config.backend
     report = ConversionReport(compression=compression, backend=backend)
@@ -197,6 +223,22 @@ def _convert(model: nn.Module, session: INCSession) -> nn.Module:
     return model
 
 
+def _shipped(
+    model: nn.Module, session: INCSession, compression: CompressionReport
+) -> CompressionReport:
+    """ATMC's report plus the ops the backend leaves in fp32, counted at 32 bits as shipped."""
+    if not session.left_fp32:
+        return compression
+    modules = dict(model.named_modules())
+    left = [tensor_stats(f"{n}.weight", modules[n].weight, None) for n in session.left_fp32]
+    return CompressionReport(
+        tensors=[*compression.tensors, *left],
+        dense_numel=compression.dense_numel + sum(t.numel for t in left),
+        budget=compression.budget,
+        extra=dict(compression.extra),
+    )
+
+
 def _rtn(
     model: nn.Module, session: INCSession, projected: dict[str, Tensor], report: ConversionReport
 ) -> nn.Module:
@@ -205,12 +247,7 @@ def _rtn(
 
     cfg = session.config
     modules = dict(model.named_modules())
-    linears = [n for n in session.op_names if isinstance(modules.get(n), nn.Linear)]
-    others = [n for n in session.op_names if n not in linears]
-    if others:
-        logger.info("RTN quantizes Linear only; %s stay float on ATMC's grid", others)
-    if not linears:
-        return model
+    linears = list(session.op_names)  # the session keeps only what RTN packs
     rtn = RTNConfig(dtype="fp32", use_layer_wise=False)
     for name in linears:
         rtn.set_local(

@@ -60,7 +60,13 @@ class ATMCQuantConfig(TorchBaseConfig):
         ``"magnitude"``; see :class:`atmc_plugin.ConstraintConfig`).
     :param min_per_layer: non-zeros every compressed tensor keeps at least.
     :param schedule: ``"cubic"`` anneal of the budget or ``"constant"``.
-    :param ramp_steps: optimizer steps of the cubic anneal.
+    :param ramp_steps: optimizer steps of the cubic anneal; ``None`` (default): ``ramp_fraction``
+        of ``total_steps``, see :class:`atmc_plugin.ConstraintConfig`.
+    :param ramp_fraction: share of ``total_steps`` the anneal takes when ``ramp_steps`` is unset.
+    :param total_steps: optimizer steps your ``run_fn`` takes (``epochs * len(loader)``), the
+        length the budget anneals over. Without it (and without ``ramp_steps``) a sparsity
+        budget is at its target from the first step and ATMC warns once;
+        ``session_of(model).set_total_steps(n)`` inside ``run_fn`` works too.
     :param attack: training attack (``pgd``, ``fgsm``, ``ffgsm``, ``tpgd`` or a plugin's).
     :param eps: l_inf radius in [0, 1] pixel units.
     :param steps: attack iterations.
@@ -85,7 +91,9 @@ class ATMCQuantConfig(TorchBaseConfig):
         allocation: str = "lamp",
         min_per_layer: int = 4,
         schedule: str = "cubic",
-        ramp_steps: int = 200,
+        ramp_steps: int | None = None,
+        ramp_fraction: float = 0.5,
+        total_steps: int | None = None,
         attack: str = "pgd",
         eps: float = 8 / 255,
         steps: int = 7,
@@ -114,6 +122,8 @@ class ATMCQuantConfig(TorchBaseConfig):
         self.min_per_layer = min_per_layer
         self.schedule = schedule
         self.ramp_steps = ramp_steps
+        self.ramp_fraction = ramp_fraction
+        self.total_steps = total_steps
         self.attack = attack
         self.eps = eps
         self.steps = steps
@@ -189,6 +199,13 @@ class ATMCQuantConfig(TorchBaseConfig):
                 f"atmc density = {self.density!r}: the fraction of weights kept must lie in "
                 "(0, 1] (1.0 = no sparsity)."
             )
+        steps = self.total_steps
+        bad_steps = isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
+        if steps is not None and bad_steps:
+            raise ConfigError(
+                f"atmc total_steps = {steps!r}: the number of optimizer steps run_fn takes, a "
+                "positive integer (epochs * len(loader)), or None."
+            )
         # every other value is ATMC's own: the same classes and rules as ATMCConfig check it
         try:
             self._atmc_config(["-"])
@@ -207,6 +224,8 @@ class ATMCQuantConfig(TorchBaseConfig):
             self.min_per_layer,
             self.schedule,
             self.ramp_steps,
+            self.ramp_fraction,
+            self.total_steps,
         )
 
     def to_atmc(self, op_names: list[str]) -> ATMCConfig:
@@ -232,6 +251,7 @@ class ATMCQuantConfig(TorchBaseConfig):
                 min_per_layer=self.min_per_layer,
                 schedule=self.schedule,
                 ramp_steps=self.ramp_steps,
+                ramp_fraction=self.ramp_fraction,
                 include=tuple(op_names),
             ),
             admm=ADMMConfig(rho=self.rho, interval=self.interval),
@@ -254,7 +274,8 @@ def atmc_ops(configs_mapping: OrderedDict[Any, BaseConfig]) -> tuple[list[str], 
     if len(keys) > 1:
         raise ConfigError(
             f"atmc ops use different grids or budget settings {sorted(keys)} (bits, use_sym, "
-            "group_size, backend, density, allocation, min_per_layer, schedule, ramp_steps); "
+            "group_size, backend, density, allocation, min_per_layer, schedule, ramp_steps, "
+            "ramp_fraction, total_steps); "
             "ATMC trains one grid per model. Give every compressed op the same values, or "
             'exclude ops with set_local(name, ATMCQuantConfig(dtype="fp32")).'
         )

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
 
-from atmc_plugin import AttackConfig, ConfigError, InputError
+from atmc_plugin import ATMCConfig, AttackConfig, ConfigError, InputError
 from atmc_plugin.adversary import Adversary
 from atmc_plugin.errors import did_you_mean
 from atmc_plugin.plugins import default_plugin_manager
@@ -35,7 +35,7 @@ def quantize_static_int8(
     example_inputs: Tensor,
     calibration: Iterable[tuple[Tensor, Tensor]],
     *,
-    attack: AttackConfig | None = None,
+    attack: AttackConfig | str | Mapping[str, Any] | None = None,
     adversarial_fraction: float = 0.5,
     config: Any = None,
     seed: int | None = None,
@@ -46,7 +46,9 @@ def quantize_static_int8(
     :param example_inputs: one batch for export; the batch dimension stays dynamic.
     :param calibration: ``(x, y)`` batches.
     :param attack: if given, each batch is calibrated clean and, for ``adversarial_fraction``
-        of its examples, adversarially (attack on an fp32 copy).
+        of its examples, adversarially (attack on an fp32 copy): an :class:`AttackConfig`, an
+        attack name (``"pgd"``, with :class:`AttackConfig`'s defaults) or a dict of its fields
+        (``{"name": "pgd", "eps": 0.1}``).
     :param config: INC's ``StaticQuantConfig`` (default: INC's defaults); see
         :func:`static_config_from_dict` for the validated dict form.
     :param seed: seed of the adversarial calibration's random starts, set after INC's export
@@ -59,6 +61,7 @@ def quantize_static_int8(
 
     if not 0.0 <= adversarial_fraction <= 1.0:
         raise InputError(f"adversarial_fraction = {adversarial_fraction} must lie in [0, 1].")
+    attack = _attack_config(attack)
     fp32 = copy.deepcopy(model).eval()
     name = _first_argument(fp32)
     try:
@@ -88,6 +91,20 @@ def quantize_static_int8(
                 prepared(adversary(x[:n], y[:n]))
     converted: fx.GraphModule = convert(prepared)
     return converted
+
+
+def _attack_config(attack: Any) -> AttackConfig | None:
+    """``attack`` as an :class:`AttackConfig` (from a name, a dict or itself)."""
+    if attack is None or isinstance(attack, AttackConfig):
+        return attack
+    if isinstance(attack, str):
+        return AttackConfig(name=attack)
+    if isinstance(attack, Mapping):
+        return ATMCConfig.from_dict({"attack": dict(attack)}).attack
+    raise InputError(
+        f"attack = {attack!r}: give an AttackConfig, an attack name such as 'pgd', or a dict "
+        "such as {'name': 'pgd', 'eps': 0.1}."
+    )
 
 
 STATIC_CHOICES: dict[str, tuple[Any, ...]] = {

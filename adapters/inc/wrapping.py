@@ -47,6 +47,7 @@ def from_inc_config(inc_config: Any, config: ATMCConfig) -> ATMCQuantConfig | No
         min_per_layer=c.min_per_layer,
         schedule=c.schedule,
         ramp_steps=c.ramp_steps,
+        ramp_fraction=c.ramp_fraction,
         attack=attack.name if attack else "pgd",
         eps=attack.eps if attack else 8 / 255,
         steps=attack.steps if attack else 7,

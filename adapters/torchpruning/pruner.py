@@ -100,6 +100,14 @@ class ATMCPruner:
     :param example_inputs: optional inputs used for MAC counts in :meth:`report`.
     :param regularizer: optional extra regularizer with ``regularize(model)`` and
         ``update()`` (for example :class:`~atmc_plugin_adapters.torchpruning.rgsm.RGSM`).
+    :param total_steps: optional number of optimizer steps of the whole loop; with
+        ``constraint.ramp_steps`` unset, ATMC's own anneal then takes ``ramp_fraction`` of it.
+        Without it the budget follows the pruner's ``iterative_steps`` alone (linearly from
+        dense to the target at the last ``step()``), whatever the loop's length.
+
+    Torch-Pruning's constructor traces the model in eval mode and leaves every module there;
+    the wrapper puts the model back in training mode (``model.train()``), which is what a
+    training loop expects. Re-freeze any module you keep in eval mode after wrapping.
     """
 
     def __init__(
@@ -111,6 +119,7 @@ class ATMCPruner:
         plugin_manager: Any = None,
         example_inputs: Any = None,
         regularizer: Any = None,
+        total_steps: int | None = None,
     ) -> None:
         model = pruner.model
         if config.constraint.factorize:
@@ -128,7 +137,7 @@ class ATMCPruner:
         device = model_device(model)
         if example_inputs is not None:
             check_inputs_device(example_inputs, device)
-        _warn_if_output_layer_pruned(pruner, model)
+        _check_output_layer_ignored(pruner, model)
         self._pruner = pruner
         self._optimizer = optimizer
         self.example_inputs = example_inputs
@@ -136,7 +145,13 @@ class ATMCPruner:
         layers = select_layers(model, config.constraint)
         self.dense_params = sum(p.numel() for p in model.parameters())
         self.dense_macs = count_macs(model, example_inputs)
-        self.atmc = ATMC(model, config, optimizer=optimizer, plugin_manager=plugin_manager)
+        self.atmc = ATMC(
+            model,
+            config,
+            optimizer=optimizer,
+            plugin_manager=plugin_manager,
+            total_steps=total_steps,
+        )
         self.dense_numel = self.atmc.dense_numel
         self.target_budget = self.atmc.target_budget
         _check_budget_not_undercut(pruner, model, config, layers, example_inputs)
@@ -153,6 +168,7 @@ class ATMCPruner:
         bind = getattr(getattr(pruner, "importance", None), "bind", None)
         if callable(bind):
             bind(self)
+        model.train()  # Torch-Pruning's tracing left every module in eval mode
 
     # -- the pruner's surface ------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -311,7 +327,10 @@ class ATMCPruner:
         steps = max(1, int(self._pruner.iterative_steps))
         done = min(int(self._pruner.current_step), steps)
         budget = round(self.dense_numel - (self.dense_numel - self.target_budget) * done / steps)
-        self.atmc.set_budget_floor(max(self.target_budget, budget))
+        self.atmc.set_budget_floor(
+            max(self.target_budget, budget),
+            reason=f"Torch-Pruning has taken {done} of its {steps} iterative_steps",
+        )
         if done == steps and self._remaining_weights() < self.target_budget:
             warnings.warn(
                 f"structural pruning left {self._remaining_weights()} weights, fewer than the "
@@ -471,20 +490,46 @@ def _check_no_prune_masks(model: nn.Module) -> None:
         )
 
 
-def _warn_if_output_layer_pruned(pruner: Any, model: nn.Module) -> None:
-    """Warn when the last Linear (usually the classifier) would lose output channels.
+def _check_output_layer_ignored(pruner: Any, model: nn.Module) -> None:
+    """Refuse a pruner that would remove output features of a layer that produces the output.
 
-    Torch-Pruning silently drops types passed in ``ignored_layers``; this is the usual symptom.
+    Such a layer (a node of Torch-Pruning's traced graph that feeds nothing else) is almost
+    always the classifier: pruning its outputs leaves fewer logits than classes, and training
+    fails later (``Target 7 is out of bounds``) or silently scores the wrong classes.
+    Torch-Pruning silently drops types such as ``nn.Linear`` given in ``ignored_layers``,
+    which is the usual cause. Checked on the pruner's own groups, so a layer Torch-Pruning
+    would not prune is not refused.
+
+    :raises InputError: an output layer's output features are prunable.
     """
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
+    graph = pruner.DG
+    outputs = {
+        module
+        for module, node in graph.module2node.items()
+        if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and not node.outputs
+    }
+    outputs -= set(pruner.ignored_layers)
+    if not outputs:
         return
-    name, last = linears[-1]
-    if last in pruner.ignored_layers:
+    groups = graph.get_all_groups(
+        ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
+    )
+    pruned = {
+        dep.target.module
+        for group in groups
+        for dep, _idxs in group
+        if dep.target.module in outputs and graph.is_out_channel_pruning_fn(dep.handler)
+    }
+    if not pruned:
         return
-    warnings.warn(
-        f"Torch-Pruning may prune the output features of {name!r} (the model's last Linear, "
-        f"usually the classifier). Pass the module itself in ignored_layers=[model.{name}]: "
-        "Torch-Pruning silently ignores types such as nn.Linear in ignored_layers.",
-        stacklevel=4,
+    names = {m: n for n, m in model.named_modules()}
+    name = sorted(names.get(m, "?") for m in pruned)[0]
+    layer = model.get_submodule(name)
+    size = getattr(layer, "out_features", getattr(layer, "out_channels", "?"))
+    raise InputError(
+        f"Torch-Pruning would prune the outputs of {name!r} ({type(layer).__name__} with {size} "
+        "outputs that are the model's output, usually the classifier): the model would then "
+        "predict fewer classes than the labels hold. Pass the module itself in ignored_layers, "
+        f"e.g. ignored_layers=[model.{name}] (Torch-Pruning silently drops types such as "
+        "nn.Linear there), and build the pruner again. Nothing was changed."
     )

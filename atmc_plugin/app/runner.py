@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from torch.nn import functional as F
 
 from ..config import ATMCConfig
 from ..core import ATMC
-from ..errors import ATMCError, InputError
+from ..errors import ATMCError, InputError, ScheduleWarning
 from .backends import resolve_tools
 from .build import Data
 from .recipe import Recipe
@@ -125,21 +126,28 @@ class Trainer:
             self.model, lambda model: self._optimizer("compress", epochs, model)
         )
         self.perturb, self.penalty = self.atmc.perturb, self.atmc.penalty
-        c = self.atmc.config.constraint
         stage_steps = epochs * -(-len(self.data.y_train) // recipe.batch_size)
-        if c.sparse and c.schedule == "cubic" and c.ramp_steps > stage_steps:
+        # The stage's length is the horizon of the budget anneal (ramp_fraction of it unless
+        # constraint.ramp_steps is set); ATMC warns in finalize() if the budget must jump.
+        self.atmc.set_total_steps(max(1, stage_steps))
+        c = self.atmc.config.constraint
+        if c.sparse and c.schedule == "cubic" and (c.ramp_steps or 0) > stage_steps:
             log.warning(
                 "constraint.ramp_steps = %d is longer than the compression stage (%d optimizer "
                 "steps): the budget reaches its target only in the hard projection at the end. "
-                "Set ramp_steps to about half the stage (%d) or raise compress_epochs.",
+                "Leave ramp_steps unset (the ramp is then ramp_fraction of the stage) or raise "
+                "compress_epochs.",
                 c.ramp_steps,
                 stage_steps,
-                stage_steps // 2,
             )
 
     def _finalize(self) -> None:
         """End of compression: hard projection onto the constraint set."""
-        self.model = self.backend.finalize(self.model)
+        with warnings.catch_warnings():
+            # The command checked the ramp against the stage before training (see
+            # _build_compress) and its stage always runs the pruner's steps to the end.
+            warnings.simplefilter("ignore", ScheduleWarning)
+            self.model = self.backend.finalize(self.model)
 
     def _require_optimizer(self) -> torch.optim.Optimizer:
         if self.optimizer is None:
