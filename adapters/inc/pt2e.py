@@ -64,6 +64,10 @@ def quantize_static_int8(
     attack = _attack_config(attack)
     fp32 = copy.deepcopy(model).eval()
     name = _first_argument(fp32)
+    if example_inputs.shape[0] == 1:
+        # torch.export specializes a dimension of size 1: a one-example batch would freeze the
+        # batch size at 1. Two copies of it trace the same graph with the batch left dynamic.
+        example_inputs = example_inputs.expand(2, *example_inputs.shape[1:]).contiguous()
     try:
         exported = export(
             copy.deepcopy(fp32),
