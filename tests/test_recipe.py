@@ -69,6 +69,12 @@ def test_missing_recipe_file(tmp_path: Path) -> None:
         ("[torch_pruning]\npruner='MagnitudePruner'\nignored_layers=['head']\n", "'head'"),
         ("[torch_pruning]\npruner='MagnitudePruner'\nimportance='Nope'\n", "importance = 'Nope'"),
         ("[torch_pruning]\npruner='MagnitudePruner'\nround_too=8\n", "round_too"),
+        (
+            "[torch_pruning]\npruner='MagnitudePruner'\npruning_ration=0.5\nignored_layers=['fc']\n",
+            "has no argument 'pruning_ration'. Did you mean 'pruning_ratio'?",
+        ),
+        # the classifier left to Torch-Pruning: refused before pre-training, with the fix
+        ("[torch_pruning]\npruner='MagnitudePruner'\n", "Add it: ignored_layers = ['fc']"),
         ("[inc.static]\nw_dtype='int3'\n", "[inc.static]"),
     ],
 )

@@ -22,7 +22,7 @@ from atmc_plugin import ATMC, ConfigError
 from atmc_plugin.backend import BackendContext, MakeOptimizer
 from atmc_plugin.report import CompressionReport
 
-from .pruner import ATMCPruner
+from .pruner import ATMCPruner, pruned_output_layers
 
 log = logging.getLogger(__name__)
 SECTION = "torch_pruning"
@@ -45,6 +45,7 @@ def build_pruner(settings: Mapping[str, Any], model: nn.Module, example: Tensor)
             f"[{SECTION}] pruner = {name!r} is not a torch_pruning.pruner class; choose one of "
             f"{', '.join(choices)}."
         )
+    _check_keywords(cls, section)
     importance = build_importance(section.pop("importance"))
     section["unwrapped_parameters"] = _unwrapped(section.pop("unwrapped_parameters", None), model)
     modules = dict(model.named_modules())
@@ -60,6 +61,24 @@ def build_pruner(settings: Mapping[str, Any], model: nn.Module, example: Tensor)
         return cls(model, example, importance=importance, ignored_layers=ignored, **section)
     except TypeError as exc:
         raise ConfigError(f"[{SECTION}] {name}: {exc}") from exc
+
+
+def _check_keywords(cls: type, section: Mapping[str, Any]) -> None:
+    """Every key of the section is a keyword of the pruner class (with "did you mean")."""
+    from atmc_plugin.errors import did_you_mean
+
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # the class takes anything: its own constructor is the judge
+    known = {n for n in params if n not in ("self", "model", "example_inputs")}
+    known |= {"pruner", "importance"}
+    for key in section:
+        if key not in known:
+            raise ConfigError(
+                f"[{SECTION}] {key} = {section[key]!r}: {cls.__name__} has no argument "
+                f"{key!r}.{did_you_mean(key, known)} Its arguments: "
+                f"{', '.join(sorted(known - {'pruner'}))}."
+            )
 
 
 def _unwrapped(entries: Any, model: nn.Module) -> list[tuple[nn.Parameter, int]] | None:
@@ -128,7 +147,16 @@ class PruningBackend:
         self._regularize_takes_loss = False  # decided once in prepare, not per step
 
     def check(self, model: nn.Module) -> None:
-        build_pruner(self.settings, model, self.context.example)
+        pruner = build_pruner(self.settings, model, self.context.example)
+        left = pruned_output_layers(pruner, model)
+        if left:
+            names = {m: n for n, m in model.named_modules()}
+            ignored = [names[m] for m in pruner.ignored_layers if m in names]
+            raise ConfigError(
+                f"[{SECTION}] ignored_layers = {ignored!r} leaves {left[0]!r}, the layer whose "
+                "outputs are the model's output (usually the classifier), to Torch-Pruning: it "
+                f"would remove classes. Add it: ignored_layers = {[*ignored, left[0]]!r}."
+            )
 
     def prepare(
         self, model: nn.Module, make_optimizer: MakeOptimizer

@@ -490,17 +490,12 @@ def _check_no_prune_masks(model: nn.Module) -> None:
         )
 
 
-def _check_output_layer_ignored(pruner: Any, model: nn.Module) -> None:
-    """Refuse a pruner that would remove output features of a layer that produces the output.
+def pruned_output_layers(pruner: Any, model: nn.Module) -> list[str]:
+    """Names of the layers producing the model's output whose outputs ``pruner`` would prune.
 
-    Such a layer (a node of Torch-Pruning's traced graph that feeds nothing else) is almost
-    always the classifier: pruning its outputs leaves fewer logits than classes, and training
-    fails later (``Target 7 is out of bounds``) or silently scores the wrong classes.
-    Torch-Pruning silently drops types such as ``nn.Linear`` given in ``ignored_layers``,
-    which is the usual cause. Checked on the pruner's own groups, so a layer Torch-Pruning
-    would not prune is not refused.
-
-    :raises InputError: an output layer's output features are prunable.
+    An output layer is a Linear or convolution of Torch-Pruning's traced graph that feeds
+    nothing else: almost always the classifier. Read off the pruner's own groups, so a layer
+    Torch-Pruning would not prune is not listed.
     """
     graph = pruner.DG
     outputs = {
@@ -510,7 +505,7 @@ def _check_output_layer_ignored(pruner: Any, model: nn.Module) -> None:
     }
     outputs -= set(pruner.ignored_layers)
     if not outputs:
-        return
+        return []
     groups = graph.get_all_groups(
         ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
     )
@@ -520,16 +515,27 @@ def _check_output_layer_ignored(pruner: Any, model: nn.Module) -> None:
         for dep, _idxs in group
         if dep.target.module in outputs and graph.is_out_channel_pruning_fn(dep.handler)
     }
-    if not pruned:
+    return sorted(n for n, m in model.named_modules() if m in pruned)
+
+
+def _check_output_layer_ignored(pruner: Any, model: nn.Module) -> None:
+    """Refuse a pruner that would remove outputs of the model's output layer.
+
+    Pruning the classifier's outputs leaves fewer logits than classes, and training fails
+    later (``Target 7 is out of bounds``) or silently scores the wrong classes. Torch-Pruning
+    silently drops types such as ``nn.Linear`` given in ``ignored_layers``, the usual cause.
+
+    :raises InputError: an output layer's outputs are prunable.
+    """
+    names = pruned_output_layers(pruner, model)
+    if not names:
         return
-    names = {m: n for n, m in model.named_modules()}
-    name = sorted(names.get(m, "?") for m in pruned)[0]
-    layer = model.get_submodule(name)
+    layer = model.get_submodule(names[0])
     size = getattr(layer, "out_features", getattr(layer, "out_channels", "?"))
     raise InputError(
-        f"Torch-Pruning would prune the outputs of {name!r} ({type(layer).__name__} with {size} "
-        "outputs that are the model's output, usually the classifier): the model would then "
-        "predict fewer classes than the labels hold. Pass the module itself in ignored_layers, "
-        f"e.g. ignored_layers=[model.{name}] (Torch-Pruning silently drops types such as "
-        "nn.Linear there), and build the pruner again. Nothing was changed."
+        f"Torch-Pruning would prune the outputs of {names[0]!r} ({type(layer).__name__} with "
+        f"{size} outputs that are the model's output, usually the classifier): the model would "
+        "then predict fewer classes than the labels hold. Pass the module itself in "
+        f"ignored_layers, e.g. ignored_layers=[model.{names[0]}] (Torch-Pruning silently drops "
+        "types such as nn.Linear there), and build the pruner again. Nothing was changed."
     )
