@@ -469,9 +469,7 @@ def inc_int8(model: nn.Module, setup: Setup, ratio: float, seed: int) -> tuple[n
             seed=seed,
         )
 
-    config = ATMCQuantConfig(
-        bits=8, backend="pt2e", eps=EPS, steps=7, density=4 * ratio, **RAMP
-    )
+    config = ATMCQuantConfig(bits=8, backend="pt2e", eps=EPS, steps=7, density=4 * ratio, **RAMP)
     trained = quantize(model, config, run_fn=run_fn)
     size = conversion_report(trained).compression.size_ratio
     x_tr, y_tr = setup.data[0], setup.data[1]

@@ -166,6 +166,10 @@ def check_recipe(recipe: Recipe, device: torch.device) -> Data:
             f"(N, C, H, W), but the inputs have shape {tuple(example.shape)}; set "
             "augment = 'none' (or augment inside your Dataset)."
         )
+    if recipe.model_weights is not None:
+        from .weights import load_weights
+
+        load_weights(model, recipe.model_weights, f"{recipe.path}: [model] weights")
     _check_constraint_fits(recipe, model)
     check_tools(recipe, resolve_tools(recipe, example), model)
     return data

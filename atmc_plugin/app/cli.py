@@ -42,9 +42,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     p.add_argument("--debug", action="store_true", help="tracebacks for unexpected errors")
+    # The same two flags after the subcommand (`atmc run R --debug`); SUPPRESS keeps the value
+    # given before it when they are absent here.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="tracebacks"
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="train, compress, evaluate and report a recipe")
+    run = sub.add_parser(
+        "run", help="train, compress, evaluate and report a recipe", parents=[common]
+    )
     run.add_argument("recipe", type=Path, help="TOML recipe (see examples/recipes/)")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override [run] device")
     run.add_argument("--out", type=Path, help="run folder (default: runs/<recipe name>)")
@@ -52,16 +61,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="override [run] seed")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    ev = sub.add_parser("eval", help="evaluate a run's final.pt (clean + robust accuracy)")
+    ev = sub.add_parser(
+        "eval", help="evaluate a run's final.pt (clean + robust accuracy)", parents=[common]
+    )
     ev.add_argument("checkpoint", type=Path, help="RUN_DIR/final.pt")
     ev.add_argument("--preset", choices=("quick", "standard"), default="quick")
     ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ev.add_argument("--eps", type=float, help="l_inf radius (default: the recipe's)")
 
-    rep = sub.add_parser("report", help="rebuild report.md and the plots of a run folder")
+    rep = sub.add_parser(
+        "report", help="rebuild report.md and the plots of a run folder", parents=[common]
+    )
     rep.add_argument("run_dir", type=Path)
 
-    sub.add_parser("plugins", help="list installed hook implementations and adapters")
+    sub.add_parser(
+        "plugins", help="list installed hook implementations and adapters", parents=[common]
+    )
     return p
 
 
@@ -159,14 +174,30 @@ def _on_sigterm(_signum: int, _frame: object) -> None:
     raise Terminated()
 
 
-def _kept(args: argparse.Namespace) -> str:
-    """What an interrupted command leaves behind, and how to continue."""
+def _kept(args: argparse.Namespace, transient: bool = True) -> str:
+    """What an interrupted command leaves behind, and how to continue.
+
+    ``--resume`` is suggested only for ``transient`` causes (a signal, an I/O error): an error
+    of the recipe, the data or the code would happen again on resume.
+    """
     if args.command != "run":
         return "nothing was changed"
     out = args.out or f"runs/<{args.recipe.stem} run name>"
+    if transient:
+        return (
+            f"the run folder {out} keeps its last completed epoch; continue with "
+            f"`atmc run {args.recipe} --out {out} --resume`"
+        )
+    dense = Path(out) / "checkpoints" / "dense.pt"
+    reuse = (
+        f"; to keep the pre-training after you fix the recipe, start a new run with "
+        f"[model] weights = {str(dense)!r} and pretrain_epochs = 0"
+        if dense.is_file()
+        else ""
+    )
     return (
-        f"the run folder {out} keeps its last completed epoch; continue with "
-        f"`atmc run {args.recipe} --out {out} --resume`"
+        f"the run folder {out} keeps its last completed epoch, but --resume would meet the "
+        f"same error: fix its cause first{reuse}"
     )
 
 
@@ -210,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "%s: %s; %s. Run with --debug (or ATMC_DEBUG=1) for the traceback.",
             type(exc).__name__,
             first,
-            _kept(args),
+            _kept(args, transient=False),
         )
         return 1
     finally:

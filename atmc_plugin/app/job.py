@@ -113,7 +113,13 @@ def _train_and_finish(
             run.write_json(run.root / "run.json", _run_info(recipe, dev, ctx.world_size))
     data = ctx.shard(data)
     torch.manual_seed(recipe.seed)
-    model = build_model(recipe, data).to(dev)
+    model = build_model(recipe, data)
+    if recipe.model_weights is not None and checkpoint is None:
+        from .weights import load_weights
+
+        load_weights(model, recipe.model_weights, f"{recipe.path}: [model] weights")
+        log.info("the model starts from %s", recipe.model_weights)
+    model = model.to(dev)
     trainer = Trainer(recipe, data, model, dev, run if ctx.is_writer else None, progress, ctx)
     started = time.perf_counter()
     trainer.run(checkpoint)
@@ -171,7 +177,7 @@ def load_final(path: Path, device: torch.device) -> tuple[Recipe, Data, nn.Modul
 
     payload = read_tagged(path, FINAL_FORMAT)
     try:
-        recipe = recipe_from_dict(payload["recipe"], Path(payload["recipe_path"]))
+        recipe = recipe_from_dict(payload["recipe"], _rebuild_path(path, payload))
         data = load_data(recipe)
         torch.manual_seed(recipe.seed)
         model = build_model(recipe, data).to(device)
@@ -189,6 +195,19 @@ def load_final(path: Path, device: torch.device) -> tuple[Recipe, Data, nn.Modul
         ) from exc
     model.eval()
     return recipe, data, model, ship(recipe, model, data, tools)
+
+
+def _rebuild_path(final: Path, payload: dict[str, Any]) -> Path:
+    """Where the recipe's factories are imported from when rebuilding ``final``: the recipe's
+    own folder while it still holds every module the run copied, else the run folder's copies
+    (``RUN_DIR/code``), so a run folder stays usable after the project moves."""
+    original = Path(payload["recipe_path"])
+    code = final.parent / "code"
+    if code.is_dir():
+        copies = [p.relative_to(code) for p in code.rglob("*.py")]
+        if not all((original.parent / rel).is_file() for rel in copies):
+            return code / original.name
+    return original
 
 
 def _size(trainer: Trainer, run: RunDir, dense: nn.Module) -> dict[str, Any]:

@@ -14,7 +14,9 @@ Sections (all but ``[model]`` optional)::
              workers (DataLoader processes); or factory = "package.module:function"
              with args = {...}: your data (see atmc_plugin.app.factories)
     [model]  name ("digits_cnn" | "mlp" | "resnet"), and the model's keyword arguments; or
-             factory = "package.module:function" and its keyword arguments: your model
+             factory = "package.module:function" and its keyword arguments: your model;
+             weights = "path": start from your trained weights (a state_dict file, or a
+             run's checkpoints/dense.pt); pretrain_epochs then defaults to 0
     [train]  pretrain_epochs, compress_epochs, finetune_epochs, lr, momentum, weight_decay,
              clean_weight, optimizer ("sgd" | "adamw"), schedule ("cosine" | "step" |
              "constant")
@@ -108,6 +110,7 @@ class Recipe:
     model_name: str
     model_kwargs: dict[str, Any]
     model_factory: str | None
+    model_weights: Path | None
     data_factory: str | None
     data_args: dict[str, Any]
     train: TrainSpec
@@ -260,6 +263,10 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         if "path" not in data.data:
             raise data.error("path", None, "cifar10 needs the folder holding data_batch_*.bin")
         data_path = (path.parent / data.string("path", "")).expanduser()
+    model_weights = None
+    if "weights" in model.data:
+        model_weights = (path.parent / model.string("weights", "")).expanduser()
+        del model.data["weights"]
     model_factory = model.string("factory", "") if "factory" in model.data else None
     if model_factory is not None:
         if "name" in model.data:
@@ -270,7 +277,10 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         model_name = model.choice("name", "digits_cnn", MODELS)
         model_kwargs = _model_kwargs(model, model_name)
     spec = TrainSpec(
-        pretrain_epochs=train.integer("pretrain_epochs", TrainSpec.pretrain_epochs),
+        # your weights are the pre-trained model unless you ask for more pre-training
+        pretrain_epochs=train.integer(
+            "pretrain_epochs", 0 if model_weights is not None else TrainSpec.pretrain_epochs
+        ),
         compress_epochs=train.integer("compress_epochs", TrainSpec.compress_epochs),
         finetune_epochs=train.integer("finetune_epochs", TrainSpec.finetune_epochs),
         lr=train.number("lr", TrainSpec.lr, low=1e-12, high=1e6),
@@ -303,6 +313,7 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         model_name=model_name,
         model_kwargs=model_kwargs,
         model_factory=model_factory,
+        model_weights=model_weights,
         data_factory=data_factory,
         data_args=dict(data_args),
         train=spec,

@@ -143,6 +143,23 @@ class RunDir:
         snapshot = root / "recipe.toml"
         if not resume and Path(recipe.path).resolve() != snapshot.resolve():
             write_text_atomically(Path(recipe.path).read_text(encoding="utf-8"), snapshot)
+        if not resume:
+            self._snapshot_code(recipe)
+
+    @property
+    def code(self) -> Path:
+        """Copies of the recipe's factory modules (see :func:`factories.local_sources`)."""
+        return self.root / "code"
+
+    def _snapshot_code(self, recipe: Recipe) -> None:
+        """Copy the factory modules, so ``atmc eval`` rebuilds the model after a move."""
+        from .factories import local_sources
+
+        folder = Path(recipe.path).parent
+        for source in local_sources(recipe):
+            target = self.code / source.relative_to(folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomically(source.read_text(encoding="utf-8"), target)
 
     # -- the lock ------------------------------------------------------------------------------
     def acquire(self) -> None:
