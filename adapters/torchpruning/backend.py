@@ -67,10 +67,10 @@ def _check_keywords(cls: type, section: Mapping[str, Any]) -> None:
     """Every key of the section is a keyword of the pruner class (with "did you mean")."""
     from atmc_plugin.errors import did_you_mean
 
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return  # the class takes anything: its own constructor is the judge
-    known = {n for n in params if n not in ("self", "model", "example_inputs")}
+    known = {n for n in params if n not in ("model", "example_inputs")}
     known |= {"pruner", "importance"}
     for key in section:
         if key not in known:
