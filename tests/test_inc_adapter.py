@@ -202,8 +202,8 @@ def test_wrap_turns_inc_configs_into_atmc_configs() -> None:
     cfg = atmc_plugin.wrap(RTNConfig(bits=4, group_size=32, use_layer_wise=False), atmc_cfg)
     assert isinstance(cfg, ATMCQuantConfig)
     assert (cfg.bits, cfg.group_size, cfg.backend, cfg.density, cfg.eps) == (4, 32, "rtn", 0.2, 0.1)
-    static = atmc_plugin.wrap(StaticQuantConfig(), atmc_cfg)
-    assert (static.bits, static.backend) == (8, "pt2e")
+    static = atmc_plugin.wrap(StaticQuantConfig(), atmc_cfg, total_steps=40)
+    assert (static.bits, static.backend, static.total_steps) == (8, "pt2e", 40)
     wrong = atmc_plugin.ATMCConfig.from_dict({"constraint": {"bits": 4, "quantizer": "int"}})
     with pytest.raises(ConfigError, match="ATMC must train for the grid INC will use"):
         atmc_plugin.wrap(StaticQuantConfig(), wrong)

@@ -195,6 +195,12 @@ def test_budget_scheduled_with_the_steps() -> None:
     assert annealed.atmc.budget == annealed.dense_numel > budgets[0]
 
 
+def test_wrap_takes_the_loops_length_for_atmcs_own_anneal() -> None:
+    _model, _, pruner, opt = _digits_setup(steps=2)
+    wrapped = atmc_plugin.wrap(pruner, CFG, optimizer=opt, total_steps=40)
+    assert wrapped.atmc.total_steps == 40 and wrapped.atmc.ramp_steps == 20
+
+
 def test_finalize_before_the_pruner_finished_warns_with_the_numbers() -> None:
     model, _, pruner, opt = _digits_setup(steps=4)
     wrapped = atmc_plugin.wrap(pruner, CFG, optimizer=opt)

@@ -88,12 +88,12 @@ def atmc_attackable_model(model: Any) -> Any:
 @hookimpl
 def atmc_build_adapter(target: Any, config: ATMCConfig, options: Mapping[str, Any]) -> Any:
     """INC configs become ATMC-trained INC configs; ``None`` for anything else."""
-    if set(options) - {"plugin_manager"} or not _from_inc(target):
+    if set(options) - {"plugin_manager", "total_steps"} or not _from_inc(target):
         return None
     load()
     from .wrapping import from_inc_config
 
-    return from_inc_config(target, config)
+    return from_inc_config(target, config, total_steps=options.get("total_steps"))
 
 
 @hookimpl

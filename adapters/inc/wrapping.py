@@ -9,8 +9,12 @@ from atmc_plugin import ATMCConfig, ConfigError
 from .config import ATMCQuantConfig
 
 
-def from_inc_config(inc_config: Any, config: ATMCConfig) -> ATMCQuantConfig | None:
+def from_inc_config(
+    inc_config: Any, config: ATMCConfig, total_steps: int | None = None
+) -> ATMCQuantConfig | None:
     """The :class:`ATMCQuantConfig` training for ``inc_config``'s grid, or ``None``.
+
+    :param total_steps: the length of ``run_fn`` in optimizer steps (see ``ATMCQuantConfig``).
 
     :raises ConfigError: ``config.constraint.bits`` disagrees with the INC config's bits.
     """
@@ -48,6 +52,7 @@ def from_inc_config(inc_config: Any, config: ATMCConfig) -> ATMCQuantConfig | No
         schedule=c.schedule,
         ramp_steps=c.ramp_steps,
         ramp_fraction=c.ramp_fraction,
+        total_steps=total_steps,
         attack=attack.name if attack else "pgd",
         eps=attack.eps if attack else 8 / 255,
         steps=attack.steps if attack else 7,

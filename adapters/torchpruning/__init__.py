@@ -53,7 +53,7 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
 
 
-_OPTIONS = {"optimizer", "example_inputs", "regularizer", "plugin_manager"}
+_OPTIONS = {"optimizer", "example_inputs", "regularizer", "plugin_manager", "total_steps"}
 
 
 @hookimpl
