@@ -142,8 +142,10 @@ def test_checkpoint_of_another_recipe_is_refused(finished_run: Path, tmp_path: P
     from atmc_plugin.app.recipe import load_recipe
     from atmc_plugin.errors import InputError
 
-    with pytest.raises(InputError, match="different recipe"):
+    with pytest.raises(InputError, match="different recipe") as info:
         load_checkpoint(finished_run / "checkpoints" / "last.pt", load_recipe(other))
+    dense = finished_run / "checkpoints" / "dense.pt"
+    assert f"keeps this run's pre-training with [model] weights = '{dense}'" in str(info.value)
 
 
 def test_resume_without_checkpoint_and_unwritable_folder(tmp_path: Path) -> None:

@@ -371,10 +371,16 @@ def load_checkpoint(path: Path, recipe: Recipe | None = None) -> dict[str, Any]:
             f"reads version {CHECKPOINT_VERSION}."
         )
     if recipe is not None and payload.get("recipe_digest") != recipe.digest:
+        dense = path.parent / "dense.pt"
+        keep = (
+            f"; a new run keeps this run's pre-training with [model] weights = {str(dense)!r}"
+            if dense.is_file()
+            else ""
+        )
         raise InputError(
             f"{str(path)!r} was written by a different recipe (digest "
             f"{payload.get('recipe_digest')} vs {recipe.digest}); resume with the recipe "
-            "snapshot in the run folder (RUN_DIR/recipe.toml) or start a new run."
+            f"snapshot in the run folder (RUN_DIR/recipe.toml) or start a new run{keep}."
         )
     return payload
 
