@@ -110,7 +110,9 @@ def main() -> None:
     )
     log.info("stage 2: ATMC (density %g, bits %s)", args.density, bits or 32)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr / 2, momentum=0.9)
-    atmc = ATMC(model, config, optimizer=opt)
+    batches = -(-len(data[1]) // args.batch_size)
+    # the budget anneals over the first half of the stage, then trains at the target
+    atmc = ATMC(model, config, optimizer=opt, total_steps=args.atmc_epochs * batches)
     run_stage("atmc", model, atmc, opt, data, args.atmc_epochs, args, gen)
 
     log.info("stage 3: hard projection + adversarial fine-tuning (mask and codebooks fixed)")
