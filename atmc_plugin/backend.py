@@ -15,13 +15,15 @@ that does the same, with no change to the command or the library.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
+from .artifacts import Artifact
 from .config import ATMCConfig
 from .core import ATMC
 from .errors import ATMCError
@@ -135,3 +137,22 @@ class ShipBackend(Protocol):
 
     def ship(self, model: nn.Module, calibration: Iterable[tuple[Tensor, Tensor]]) -> nn.Module:
         """The deployed model; ``model`` itself is left unchanged."""
+
+
+@runtime_checkable
+class NativeFormatBackend(Protocol):
+    """A :class:`ShipBackend` that also saves what it shipped in its tool's own format
+    (``atmc export --format NAME``), checked by reloading it with the tool."""
+
+    native_format: str
+    """The format's name on the command line, e.g. ``"inc"``."""
+
+    def save_native(
+        self,
+        shipped: nn.Module,
+        model: nn.Module,
+        example: Tensor,
+        folder: Path,
+        batches: Sequence[int],
+    ) -> Artifact:
+        """Write ``shipped`` (made from ``model``) into ``folder`` and check it."""

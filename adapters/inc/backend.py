@@ -9,13 +9,15 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from atmc_plugin import ATMC, ATMCError, ConfigError
+from atmc_plugin.artifacts import Artifact
 from atmc_plugin.backend import BackendContext, MakeOptimizer, SessionBackend
 
 from .algorithm import session_of
@@ -83,7 +85,25 @@ class ATMCQuantBackend(SessionBackend):
         """Nothing: the ``pt2e`` and ``none`` backends keep the model's structure."""
 
 
-class StaticInt8Backend:
+class _SavesInINCFormat:
+    """``atmc export --format inc``: INC's own save format (see :mod:`.saving`)."""
+
+    native_format = "inc"
+
+    def save_native(
+        self,
+        shipped: nn.Module,
+        model: nn.Module,
+        example: Tensor,
+        folder: Path,
+        batches: Sequence[int],
+    ) -> Artifact:
+        from .saving import save_inc
+
+        return save_inc(shipped, model, example, folder, batches=batches)
+
+
+class StaticInt8Backend(_SavesInINCFormat):
     """Ships the trained model as INC's static int8 graph (the model is left unchanged)."""
 
     section = "inc.static"
@@ -114,7 +134,7 @@ class StaticInt8Backend:
         )
 
 
-class WeightOnlyBackend:
+class WeightOnlyBackend(_SavesInINCFormat):
     """Ships the trained model with INC's weight-only RTN (``RTNConfig`` dict form: bits,
     group_size, use_sym ...) on its Linear layers; the model itself is left unchanged. Train for
     the same grid (``[atmc.constraint]`` bits, ``quantizer = "int"``, the group size) so that

@@ -69,6 +69,30 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ev.add_argument("--eps", type=float, help="l_inf radius (default: the recipe's)")
 
+    exp = sub.add_parser(
+        "export",
+        help="write the run's models as files a serving stack loads (pt2, onnx, inc)",
+        parents=[common],
+    )
+    exp.add_argument("run_dir", type=Path, help="a finished run folder (holds final.pt)")
+    exp.add_argument(
+        "--format",
+        nargs="+",
+        default=["pt2"],
+        metavar="FORMAT",
+        help="pt2 (torch.export), onnx (needs the onnx extra), inc (INC's own, for INC-shipped "
+        "runs); default pt2",
+    )
+    exp.add_argument(
+        "--batch",
+        nargs="+",
+        type=int,
+        default=[1, 64],
+        metavar="N",
+        help="batch sizes each file is reloaded and checked at (default 1 64)",
+    )
+    exp.add_argument("--out", type=Path, help="folder to write (default RUN_DIR/export)")
+
     rep = sub.add_parser(
         "report", help="rebuild report.md and the plots of a run folder", parents=[common]
     )
@@ -130,6 +154,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .exporting import export_run
+
+    records = export_run(args.run_dir, args.format, args.batch, args.out)
+    for r in records:
+        batch = "any batch" if r.dynamic_batch else f"batch {r.checked_batches[0]} only"
+        _say(f"{r.name} {r.format}: {r.path}  {r.bytes:,} bytes, {batch}; load: {r.load}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report_md import write_report
     from .rundir import require_run_dir
@@ -163,7 +197,13 @@ def _say(text: object) -> None:
     sys.stdout.write(f"{text}\n")
 
 
-COMMANDS = {"run": _cmd_run, "eval": _cmd_eval, "report": _cmd_report, "plugins": _cmd_plugins}
+COMMANDS = {
+    "run": _cmd_run,
+    "eval": _cmd_eval,
+    "export": _cmd_export,
+    "report": _cmd_report,
+    "plugins": _cmd_plugins,
+}
 
 
 class Terminated(Exception):
@@ -180,6 +220,11 @@ def _kept(args: argparse.Namespace, transient: bool = True) -> str:
     ``--resume`` is suggested only for ``transient`` causes (a signal, an I/O error): an error
     of the recipe, the data or the code would happen again on resume.
     """
+    if args.command == "export":
+        return (
+            "the files already written are complete and checked (manifest.json lists them); "
+            "remove them to export again"
+        )
     if args.command != "run":
         return "nothing was changed"
     out = args.out or f"runs/<{args.recipe.stem} run name>"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -166,9 +167,21 @@ def ship(recipe: Recipe, model: nn.Module, data: Data, tools: Tools | None = Non
     return tools.ship.ship(model, calib)
 
 
-def load_final(path: Path, device: torch.device) -> tuple[Recipe, Data, nn.Module, nn.Module]:
-    """Rebuild a run's final model from ``final.pt`` (weights_only): recipe, data, fp32 model
-    (pruned structure replayed, factorization rebuilt) and the shipped model (int8 if any).
+@dataclass(frozen=True)
+class Final:
+    """A run's final model rebuilt from ``final.pt``: the recipe and its data, the compressed
+    fp32 model, the shipped model (the same object when no tool ships) and the tools."""
+
+    recipe: Recipe
+    data: Data
+    model: nn.Module
+    shipped: nn.Module
+    tools: Tools
+
+
+def rebuild_final(path: Path, device: torch.device) -> Final:
+    """Rebuild a run's final model from ``final.pt`` (weights_only): the fp32 model with its
+    pruned structure replayed and factorization rebuilt, then the shipped model (int8 if any).
 
     :raises InputError: not a final checkpoint of ``atmc run``.
     """
@@ -194,7 +207,13 @@ def load_final(path: Path, device: torch.device) -> tuple[Recipe, Data, nn.Modul
             "it was not modified."
         ) from exc
     model.eval()
-    return recipe, data, model, ship(recipe, model, data, tools)
+    return Final(recipe, data, model, ship(recipe, model, data, tools), tools)
+
+
+def load_final(path: Path, device: torch.device) -> tuple[Recipe, Data, nn.Module, nn.Module]:
+    """:func:`rebuild_final` as ``(recipe, data, fp32 model, shipped model)``."""
+    final = rebuild_final(path, device)
+    return final.recipe, final.data, final.model, final.shipped
 
 
 def _rebuild_path(final: Path, payload: dict[str, Any]) -> Path:
