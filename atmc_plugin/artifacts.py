@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -66,6 +67,7 @@ class Artifact:
     :param agreement: the share of points whose predicted class matches the model's.
     :param load: how to load it without atmc-plugin.
     :param note: what else a user should know (why the batch is frozen, ...).
+    :param latency: its latency once loaded (:func:`atmc_plugin.serving.time_artifact`).
     """
 
     name: str
@@ -78,6 +80,7 @@ class Artifact:
     agreement: float
     load: str
     note: str = ""
+    latency: dict[str, Any] | None = None
 
 
 def is_quantized_graph(model: nn.Module) -> bool:

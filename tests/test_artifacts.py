@@ -170,6 +170,7 @@ def test_atmc_export_writes_every_format_of_an_inc_run(inc_run, capsys) -> None:
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "shipped pt2:" in printed and "torch.ao.quantization.fx._decomposed" in printed
+    assert "    eager: batch 1:" in printed and "    runtime: batch 1:" in printed
     manifest = json.loads((inc_run / "export" / "manifest.json").read_text())
     written = {(e["name"], e["format"]) for e in manifest}
     assert written == {
@@ -180,6 +181,8 @@ def test_atmc_export_writes_every_format_of_an_inc_run(inc_run, capsys) -> None:
         ("shipped", "inc"),
     }
     assert all(e["checked_batches"] == [1, 9] for e in manifest)
+    timed = [e for e in manifest if e["format"] == "pt2"]
+    assert all(set(e["latency"]["eager"]) == {"1", "9"} for e in timed)  # JSON keys
     from neural_compressor.torch.quantization import load
 
     restored = load(str(inc_run / "export" / "shipped.inc"))  # INC's own load restores it
@@ -195,3 +198,22 @@ def test_atmc_export_refuses_what_the_run_cannot_give(tmp_path, inc_run, caplog)
     with caplog.at_level(logging.ERROR):
         assert main(["export", str(tmp_path)]) == 2
     assert "has no final.pt" in caplog.text
+
+
+def test_time_artifact_loads_the_file_and_times_each_batch(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    from atmc_plugin.serving import time_artifact
+
+    torch.manual_seed(0)
+    pt2, onnx = export_model(DigitsCNN(width=8), _batch(), tmp_path, formats=("pt2", "onnx"))
+    timed = time_artifact(pt2, _batch(), (1, 6), repeats=3)
+    assert set(timed["eager"]) == {1, 6} and all(ms > 0 for ms in timed["eager"].values())
+    for size in (1, 6):  # compiled, or the failure at that batch size said
+        assert (
+            size in timed["compiled"]
+            or any(str(size) in k for k in timed["errors"])
+            or ("compile" in timed["errors"])
+        )
+    assert timed["threads"] == torch.get_num_threads() and timed["device"] == "cpu"
+    ort = time_artifact(onnx, _batch(), (2,), repeats=3)
+    assert set(ort["runtime"]) == {2} and not ort["eager"]

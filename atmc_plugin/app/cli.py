@@ -92,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         help="batch sizes each file is reloaded and checked at (default 1 64)",
     )
     exp.add_argument("--out", type=Path, help="folder to write (default RUN_DIR/export)")
+    exp.add_argument("--no-latency", action="store_true", help="do not time the loaded files")
 
     rep = sub.add_parser(
         "report", help="rebuild report.md and the plots of a run folder", parents=[common]
@@ -157,10 +158,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .exporting import export_run
 
-    records = export_run(args.run_dir, args.format, args.batch, args.out)
+    records = export_run(
+        args.run_dir, args.format, args.batch, args.out, latency=not args.no_latency
+    )
     for r in records:
         batch = "any batch" if r.dynamic_batch else f"batch {r.checked_batches[0]} only"
         _say(f"{r.name} {r.format}: {r.path}  {r.bytes:,} bytes, {batch}; load: {r.load}")
+        for kind in ("eager", "compiled", "runtime"):
+            times = (r.latency or {}).get(kind) or {}
+            if times:
+                shown = ", ".join(f"batch {b}: {ms:.3f} ms" for b, ms in times.items())
+                _say(f"    {kind}: {shown}")
+        for where, error in ((r.latency or {}).get("errors") or {}).items():
+            _say(f"    {where} failed: {error}")
     return 0
 
 

@@ -5,11 +5,14 @@ quantized weights) and, when a tool shipped it (``[inc.static]``, ``[inc.rtn]``)
 (INC's int8 graph or weight-only model). Each is written in every requested format into
 ``RUN_DIR/export/`` (or ``--out``) by :func:`atmc_plugin.artifacts.export_model`; a tool's own
 format (``inc``) is written by the tool's ship backend. Every file is reloaded and checked at
-each ``--batch`` size before it is kept; ``manifest.json`` lists them.
+each ``--batch`` size before it is kept; ``manifest.json`` lists them. Then the pt2 and ONNX
+files are loaded as a server loads them and timed at each batch size
+(:func:`atmc_plugin.serving.time_artifact`; ``--no-latency`` skips it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +32,8 @@ def export_run(
     formats: Sequence[str],
     batches: Sequence[int],
     out: Path | None = None,
+    *,
+    latency: bool = True,
 ) -> list[Artifact]:
     """Export the models of the run in ``run_dir`` (see the module docstring).
 
@@ -68,6 +73,17 @@ def export_run(
         )
         record_artifacts(folder, [record])
         records.append(record)
+    if latency:
+        from ..serving import time_artifact
+
+        timed = [
+            dataclasses.replace(r, latency=time_artifact(r, example, batches))
+            for r in records
+            if r.format in ("pt2", "onnx")
+        ]
+        record_artifacts(folder, timed)
+        by_path = {r.path: r for r in timed}
+        records = [by_path.get(r.path, r) for r in records]
     for r in records:
         log.info(
             "%s %s: %s (%d bytes, batch %s, max |diff| %.3g, agreement %.4f)",

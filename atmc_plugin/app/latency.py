@@ -9,13 +9,13 @@ compiler, an unsupported op), never the eager int8 figure as if it were deployme
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from ..modes import preserved_modes
+from ..serving import median_call_seconds
 
 log = logging.getLogger(__name__)
 REPEATS = 30
@@ -25,17 +25,10 @@ def median_seconds(model: nn.Module, batch: Tensor, repeats: int = REPEATS) -> f
     """Median seconds per forward pass (eval, no grad) after 3 warm-up passes; the model's
     modes are restored after."""
     plain = getattr(model, "_orig_mod", model)  # a torch.compile wrapper: its module
-    with preserved_modes(plain), torch.no_grad():
+    with preserved_modes(plain):
         if not isinstance(plain, torch.fx.GraphModule):  # exported graphs refuse .eval()
             plain.eval()
-        for _ in range(3):
-            model(batch)
-        samples = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(batch)
-            samples.append(time.perf_counter() - start)
-    return sorted(samples)[len(samples) // 2]
+        return median_call_seconds(model, batch, repeats)
 
 
 def compiled_seconds(model: nn.Module, batch: Tensor) -> float:
