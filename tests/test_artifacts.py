@@ -217,3 +217,22 @@ def test_time_artifact_loads_the_file_and_times_each_batch(tmp_path) -> None:
     assert timed["threads"] == torch.get_num_threads() and timed["device"] == "cpu"
     ort = time_artifact(onnx, _batch(), (2,), repeats=3)
     assert set(ort["runtime"]) == {2} and not ort["eager"]
+
+
+def test_the_readme_deploy_commands_run(inc_run) -> None:
+    """The README's deploy block: its `atmc export` and `python -c` lines, on a tiny INC run
+    (its `atmc run` line is the default recipe, run by its own tests in shorter form)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("### Deploy:")[1].split("```bash\n")[1].split("```")[0]
+    lines = [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+    assert lines[0].startswith("atmc run examples/recipes/digits_tp_inc.toml")
+    out = inc_run.parent / "readme-export"
+    export = lines[1].replace("runs/digits-tp-inc", str(inc_run)).split()[1:]
+    assert main([*export, "--out", str(out), "--no-latency"]) == 0
+    code = lines[2].split('"', 1)[1].rsplit('"', 1)[0]
+    code = code.replace("runs/digits-tp-inc/export", str(out))
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=3600
+    )  # the timeout is a guard against a hung child, not a speed check
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().startswith("tensor([")
