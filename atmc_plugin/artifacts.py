@@ -199,19 +199,26 @@ def _first_argument(model: nn.Module) -> str:
 
 
 def _exported_program(
-    model: nn.Module, example: Tensor
+    model: nn.Module, example: Tensor, inputs: Sequence[Tensor]
 ) -> tuple[torch.export.ExportedProgram, bool, str]:
-    """The program with a dynamic batch if the graph allows it, else with the example's."""
+    """The program with a dynamic batch if the graph allows it (its guards hold at every check
+    batch), else one for the example's batch size, with the reason."""
     # two examples: export specializes a dimension of size 1, and the program keeps its
     # example inputs (a large batch would bloat the file)
-    example = check_batches(example, [2])[0]
+    pair = check_batches(example, [2])[0]
     dims = {_first_argument(model): {0: torch.export.Dim("batch")}}
     try:
-        return torch.export.export(model, (example,), dynamic_shapes=dims), True, ""
-    except Exception as exc:  # torch.export raises many types
+        program = torch.export.export(model, (pair,), dynamic_shapes=dims)
+        module = program.module()
+        with torch.no_grad():
+            for x in inputs:  # the program's shape guards hold at every batch size asked for
+                module(x)
+        return program, True, ""
+    except Exception as exc:  # torch.export and the guards raise many types
         reason = f"batch frozen at {example.shape[0]}: {str(exc).splitlines()[0][:200]}"
+    fixed = check_batches(example, [example.shape[0]])[0]
     try:
-        return torch.export.export(model, (example,)), False, reason
+        return torch.export.export(model, (fixed,)), False, reason
     except Exception as exc:
         raise ATMCError(
             f"{type(model).__name__} cannot be exported with torch.export "
@@ -223,7 +230,7 @@ def _exported_program(
 def _usable(inputs: Sequence[Tensor], dynamic: bool, example: Tensor) -> list[Tensor]:
     if dynamic:
         return list(inputs)
-    size = max(2, example.shape[0])
+    size = example.shape[0]
     return [x for x in inputs if x.shape[0] == size] or check_batches(example, [size])
 
 
@@ -232,7 +239,7 @@ def _export_pt2(
 ) -> Artifact:
     quantized = is_quantized_graph(model)
     with _eval(model):
-        program, dynamic, note = _exported_program(model, example)
+        program, dynamic, note = _exported_program(model, example, inputs)
         checked = _usable(inputs, dynamic, example)
         result: dict[str, tuple[float, float]] = {}
 
@@ -240,7 +247,7 @@ def _export_pt2(
             buffer = io.BytesIO()  # not the file name: it would name the archive's folder
             torch.export.save(program, buffer)
             Path(tmp).write_bytes(buffer.getvalue())
-            loaded = torch.export.load(tmp).module()
+            loaded = torch.export.load(io.BytesIO(Path(tmp).read_bytes())).module()
             result["cmp"] = compare(model, loaded, checked, quantized=False, what=str(target))
 
         replace_atomically(target, write)
@@ -274,7 +281,7 @@ def _export_onnx(
         ) from exc
     quantized = is_quantized_graph(model)
     with _eval(model):
-        program, dynamic, note = _exported_program(model, example)
+        program, dynamic, note = _exported_program(model, example, inputs)
         checked = _usable(inputs, dynamic, example)
         result: dict[str, tuple[float, float]] = {}
 

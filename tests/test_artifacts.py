@@ -166,6 +166,15 @@ def inc_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_atmc_export_writes_every_format_of_an_inc_run(inc_run, capsys) -> None:
     pytest.importorskip("onnxruntime")
+    # atmc run already wrote, checked and timed the pt2 files, and says so in its report
+    results = json.loads((inc_run / "results.json").read_text())
+    names = sorted(Path(f["path"]).name for f in results["artifacts"]["files"])
+    assert names == ["compressed.pt2", "shipped.pt2"]
+    assert results["devices"] == {"dense": "cpu", "compressed": "cpu"}
+    report = (inc_run / "report.md").read_text()
+    assert "## Shipped files" in report and "`shipped.pt2`" in report
+    info = json.loads((inc_run / "run.json").read_text())
+    assert info["versions"]["neural-compressor"] and info["versions"]["torch-pruning"]
     argv = ["export", str(inc_run), "--format", "pt2", "onnx", "inc", "--batch", "1", "9"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -180,15 +189,21 @@ def test_atmc_export_writes_every_format_of_an_inc_run(inc_run, capsys) -> None:
         ("shipped", "onnx"),
         ("shipped", "inc"),
     }
-    assert all(e["checked_batches"] == [1, 9] for e in manifest)
-    timed = [e for e in manifest if e["format"] == "pt2"]
-    assert all(set(e["latency"]["eager"]) == {"1", "9"} for e in timed)  # JSON keys
+    checked = {(e["name"], e["format"]): e["checked_batches"] for e in manifest}
+    assert checked[("shipped", "onnx")] == checked[("shipped", "inc")] == [1, 9]
+    assert checked[("shipped", "pt2")] == [1, 16]  # kept from atmc run (1 and latency_batch)
+    assert all(e["latency"] for e in manifest if e["format"] in ("pt2", "onnx"))
     from neural_compressor.torch.quantization import load
 
     restored = load(str(inc_run / "export" / "shipped.inc"))  # INC's own load restores it
     assert restored(_batch(3)).shape == (3, 10)
-    # a second export refuses to overwrite
-    assert main(["export", str(inc_run)]) == 2
+    # a second export keeps what is listed and checked, and writes nothing over it
+    before = {p.name: p.stat().st_mtime_ns for p in (inc_run / "export").iterdir()}
+    assert main(["export", str(inc_run), "--format", "pt2", "inc"]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in (inc_run / "export").iterdir()}
+    assert {k: v for k, v in after.items() if k != "manifest.json"} == {
+        k: v for k, v in before.items() if k != "manifest.json"
+    }
 
 
 def test_atmc_export_refuses_what_the_run_cannot_give(tmp_path, inc_run, caplog) -> None:

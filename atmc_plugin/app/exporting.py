@@ -27,6 +27,56 @@ from .job import rebuild_final
 log = logging.getLogger(__name__)
 
 
+def write_artifacts(
+    models: dict[str, torch.nn.Module],
+    example: torch.Tensor,
+    folder: Path,
+    formats: Sequence[str],
+    batches: Sequence[int],
+    *,
+    latency: bool = True,
+    compiled: bool = True,
+) -> list[Artifact]:
+    """Write each model in each format (files already listed in ``folder/manifest.json`` are
+    kept as they are: they were checked when written), then time the pt2 and ONNX files."""
+    listed = _listed(folder)
+    records: list[Artifact] = []
+    for name, model in models.items():
+        todo = [f for f in formats if str(folder / f"{name}.{f}") not in listed]
+        records += [listed[str(folder / f"{name}.{f}")] for f in formats if f not in todo]
+        if todo:
+            records += export_model(
+                model, example, folder, formats=todo, name=name, batches=batches
+            )
+    if latency:
+        from ..serving import time_artifact
+
+        timed = [
+            dataclasses.replace(r, latency=time_artifact(r, example, batches, compiled=compiled))
+            for r in records
+            if r.format in ("pt2", "onnx") and r.latency is None
+        ]
+        record_artifacts(folder, timed)
+        by_path = {r.path: r for r in timed}
+        records = [by_path.get(r.path, r) for r in records]
+    return records
+
+
+def _listed(folder: Path) -> dict[str, Artifact]:
+    """The artifacts ``folder/manifest.json`` lists whose files still exist."""
+    import json
+
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    out = {}
+    for entry in json.loads(manifest.read_text(encoding="utf-8")):
+        entry["checked_batches"] = tuple(entry.get("checked_batches", ()))
+        if Path(entry["path"]).exists():
+            out[entry["path"]] = Artifact(**entry)
+    return out
+
+
 def export_run(
     run_dir: Path,
     formats: Sequence[str],
@@ -61,29 +111,16 @@ def export_run(
     if final.shipped is not final.model:
         models["shipped"] = final.shipped
     generic = [f for f in formats if f in FORMATS]
-    records: list[Artifact] = []
-    for name, model in models.items():
-        if generic:
-            records += export_model(
-                model, example, folder, formats=generic, name=name, batches=batches
-            )
+    records = write_artifacts(models, example, folder, generic, batches, latency=latency)
+    target = folder / f"shipped.{native}"
     if native is not None and native in formats and isinstance(ship, NativeFormatBackend):
-        record = ship.save_native(
-            final.shipped, final.model, example, folder / f"shipped.{native}", batches
-        )
-        record_artifacts(folder, [record])
-        records.append(record)
-    if latency:
-        from ..serving import time_artifact
-
-        timed = [
-            dataclasses.replace(r, latency=time_artifact(r, example, batches))
-            for r in records
-            if r.format in ("pt2", "onnx")
-        ]
-        record_artifacts(folder, timed)
-        by_path = {r.path: r for r in timed}
-        records = [by_path.get(r.path, r) for r in records]
+        listed = _listed(folder)
+        if str(target) in listed:
+            records.append(listed[str(target)])
+        else:
+            record = ship.save_native(final.shipped, final.model, example, target, batches)
+            record_artifacts(folder, [record])
+            records.append(record)
     for r in records:
         log.info(
             "%s %s: %s (%d bytes, batch %s, max |diff| %.3g, agreement %.4f)",

@@ -138,11 +138,25 @@ def _run_info(recipe: Recipe, device: torch.device, world_size: int) -> dict[str
     from importlib.metadata import version
 
     versions: dict[str, str | None] = {}
-    for dist in ("atmc-plugin", "torch", "torch-pruning", "neural-compressor", "torchattacks"):
-        try:
-            versions[dist] = version(dist)
-        except Exception:  # not installed
-            versions[dist] = None
+    # key: the distributions that provide it (INC's torch part installs as neural-compressor-pt)
+    tools = {
+        "atmc-plugin": ("atmc-plugin",),
+        "torch": ("torch",),
+        "torch-pruning": ("torch-pruning",),
+        "neural-compressor": ("neural-compressor-pt", "neural-compressor"),
+        "torchao": ("torchao",),
+        "torchattacks": ("torchattacks",),
+        "pluggy": ("pluggy",),
+        "onnxruntime": ("onnxruntime",),
+    }
+    for key, dists in tools.items():
+        versions[key] = None
+        for dist in dists:
+            try:
+                versions[key] = version(dist)
+                break
+            except Exception:  # not installed under this name
+                continue
     return {
         "recipe": str(recipe.path),
         "recipe_digest": recipe.digest,
@@ -323,6 +337,8 @@ def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any
     results["latency_eager_ms"] = measured["eager"]
     results["latency_compile_error"] = measured["compile_error"]
     results["latency_batch"] = len(batch)
+    results["devices"] = {name: _device_of(m, dev) for name, m in models.items()}
+    results["artifacts"] = _artifacts(trainer, run, shipped)
     final = {
         "format": FINAL_FORMAT,
         "recipe": recipe.raw,
@@ -335,6 +351,47 @@ def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any
     run.write_json(run.results, results)
     run.log_metrics({"kind": "final", **_headline(results)})
     return results
+
+
+def _device_of(model: nn.Module, default: torch.device) -> str:
+    """Where ``model`` runs: its parameters' or buffers' device."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return str(tensor.device)
+    return str(default)
+
+
+def _artifacts(trainer: Trainer, run: RunDir, shipped: nn.Module) -> dict[str, Any]:
+    """The compressed model (and the shipped one) as pt2 files in ``RUN_DIR/export``, checked
+    and timed at batch 1 and the recipe's latency batch on the CPU, as a server loads them.
+
+    A failure is recorded, not raised: the run's results stand without the files.
+    """
+    import copy
+    from dataclasses import asdict
+
+    from .exporting import write_artifacts
+
+    recipe = trainer.recipe
+    fp32 = copy.deepcopy(unwrap_model(trainer.model)).cpu().eval()
+    models = {"compressed": fp32}
+    if shipped is not unwrap_model(trainer.model):
+        models["shipped"] = shipped
+    batches = sorted({1, recipe.latency_batch})
+    example = trainer.data.example.cpu()
+    try:
+        records = write_artifacts(
+            models,
+            example,
+            run.root / "export",
+            ["pt2"],
+            batches,
+            compiled=recipe.compiled_latency,
+        )
+    except Exception as exc:  # the files are extra: any failure is said, the run stands
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        log.warning("the pt2 files could not be written: %s: %s", type(exc).__name__, first)
+        return {"error": f"{type(exc).__name__}: {first}"}
+    return {"files": [asdict(r) for r in records], "batches": batches}
 
 
 def _headline(results: dict[str, Any]) -> dict[str, Any]:

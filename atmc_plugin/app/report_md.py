@@ -75,6 +75,54 @@ def _latency_note(results: dict[str, Any]) -> str:
     )
 
 
+def _artifact_lines(results: dict[str, Any]) -> list[str]:
+    """The shipped files and their latency once loaded (``RUN_DIR/export``)."""
+    devices = results.get("devices") or {}
+    where = ", ".join(f"{name} on {device}" for name, device in devices.items())
+    lines = [f"Models ran: {where}.", ""] if where else []
+    artifacts = results.get("artifacts") or {}
+    if "error" in artifacts:
+        return [*lines, f"The pt2 files could not be written: {artifacts['error']}", ""]
+    files = artifacts.get("files") or []
+    if not files:
+        return lines
+    batches = artifacts.get("batches") or []
+    head = ["file", "bytes", "batch"]
+    for kind in ("eager", "compiled"):
+        head += [f"{kind} b={b} (ms)" for b in batches]
+    rows = [
+        "## Shipped files (`RUN_DIR/export`, loaded as a server loads them, on the CPU)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * 3 + "---:|" * (2 * len(batches)),
+    ]
+    errors = []
+    for f in files:
+        lat = f.get("latency") or {}
+        cells = [
+            f"`{Path(f['path']).name}`",
+            f"{f['bytes']:,}",
+            "any" if f["dynamic_batch"] else "fixed",
+        ]
+        for kind in ("eager", "compiled"):
+            times = {int(k): v for k, v in (lat.get(kind) or {}).items()}
+            cells += [f"{times[b]:.3f}" if b in times else "-" for b in batches]
+        rows.append("| " + " | ".join(cells) + " |")
+        errors += [
+            f"- `{Path(f['path']).name}` {k}: {v}" for k, v in (lat.get("errors") or {}).items()
+        ]
+    rows.append("")
+    if errors:
+        rows += ["Failures (a compiled program called at a new batch size, ...):", "", *errors, ""]
+    rows += [
+        "Load with `torch.export.load(path).module()` (int8: `import "
+        "torch.ao.quantization.fx._decomposed` first); `atmc export RUN_DIR --format onnx inc` "
+        "adds ONNX and INC's own format.",
+        "",
+    ]
+    return [*lines, *rows]
+
+
 def render(run: RunDir, info: dict[str, Any], results: dict[str, Any]) -> str:
     """The Markdown report."""
     ev = results["evaluation"]["compressed"]
@@ -93,6 +141,7 @@ def render(run: RunDir, info: dict[str, Any], results: dict[str, Any]) -> str:
         "",
         _latency_note(results),
         "",
+        *_artifact_lines(results),
     ]
     flags = sorted({f for r in results["evaluation"].values() for f in r.get("flags", [])})
     if flags:
