@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -130,6 +131,15 @@ def _batches(data: Any, batch_size: int) -> Iterable[tuple[Tensor, Tensor]]:
     yield from data
 
 
+def _count_batches(data: Any, batch_size: int) -> int | None:
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
+        return -(-len(data[0]) // batch_size)
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
 def _check_batch(batch: Any, offset: int) -> tuple[Tensor, Tensor]:
     """A batch as float inputs in [0, 1] and 1-D integer labels >= 0, or a clear error."""
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
@@ -159,6 +169,37 @@ def _check_batch(batch: Any, offset: int) -> tuple[Tensor, Tensor]:
     return x.float(), y.long()
 
 
+@dataclass(frozen=True)
+class EvalProgress:
+    """Where :func:`evaluate` is, handed to its ``on_progress`` after each attack on a batch.
+
+    :param attack: the attack that just ran on the batch.
+    :param attack_index: its position (1-based) among ``attacks``.
+    :param attacks: how many attacks each batch meets.
+    :param batch: the batch (1-based); ``batches`` is ``None`` for an iterable of unknown size.
+    :param points: points evaluated so far (this batch included).
+    :param robust: points still robust so far (this batch: after this attack).
+    :param elapsed: seconds since the evaluation started.
+    """
+
+    attack: str
+    attack_index: int
+    attacks: int
+    batch: int
+    batches: int | None
+    points: int
+    robust: int
+    elapsed: float
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left, from the share of the work done (``None`` when unknown)."""
+        if not self.batches:
+            return None
+        done = (self.batch - 1 + self.attack_index / self.attacks) / self.batches
+        return self.elapsed * (1 - done) / done if done > 0 else None
+
+
 def attackable(model: nn.Module, plugin_manager: Any = None) -> nn.Module:
     """The model itself, or the differentiable copy a plugin provides (INC int8 graphs)."""
     pm = plugin_manager if plugin_manager is not None else default_plugin_manager()
@@ -177,6 +218,7 @@ def evaluate(
     sanity: bool = True,
     plugin_manager: Any = None,
     cascade: bool = False,
+    on_progress: Callable[[EvalProgress], None] | None = None,
 ) -> RobustnessReport:
     """Clean and robust accuracy of ``model`` under l_inf attacks of radius ``eps``.
 
@@ -189,6 +231,8 @@ def evaluate(
     :param sanity: run the gradient-masking checks and warn (:class:`RobustnessWarning`).
     :param cascade: run each attack only on the points every earlier attack missed (the same
         worst case, much cheaper on weak models; ``per_attack`` becomes cumulative).
+    :param on_progress: called with an :class:`EvalProgress` after each attack on each batch
+        (the ``atmc`` command logs one line per attack from it).
     """
     if preset not in PRESETS:
         raise ConfigError(f"preset = {preset!r}: choose one of {', '.join(PRESETS)}.")
@@ -213,6 +257,8 @@ def evaluate(
     total = 0
     square_only = 0
     grad_samples: list[Tensor] = []
+    started = time.perf_counter()
+    n_batches = _count_batches(data, batch_size)
     with torch.random.fork_rng(devices=devices), preserved_modes(model, target):
         _to_eval(target)
         batches = _batches(data, batch_size)
@@ -220,7 +266,7 @@ def evaluate(
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc=f"evaluate eps={eps:g}", unit="batch")
-        for batch in batches:
+        for index, batch in enumerate(batches, start=1):
             x, y = _check_batch(batch, total)
             x, y = x.to(model_device(target)), y.to(model_device(target))
             try:
@@ -245,7 +291,8 @@ def evaluate(
             total += len(y)
             robust = clean.clone()
             gradient_fooled = torch.zeros_like(robust)
-            for name, attack in _attacks(target, float(eps), preset, n_classes):
+            attacks = _attacks(target, float(eps), preset, n_classes)
+            for position, (name, attack) in enumerate(attacks, start=1):
                 if cascade:
                     ok = robust.clone()
                     todo = robust.nonzero().flatten()
@@ -263,6 +310,19 @@ def evaluate(
                 else:
                     gradient_fooled |= clean & ~ok
                 robust &= ok
+                if on_progress is not None:
+                    on_progress(
+                        EvalProgress(
+                            attack=name,
+                            attack_index=position,
+                            attacks=len(attacks),
+                            batch=index,
+                            batches=n_batches,
+                            points=total,
+                            robust=worst + int(robust.sum()),
+                            elapsed=time.perf_counter() - started,
+                        )
+                    )
             worst += int(robust.sum())
             if sanity and len(grad_samples) < 1:
                 grad_samples.append(_input_gradients(target, x[:64], y[:64]))

@@ -373,3 +373,39 @@ def test_an_io_error_ends_with_one_message(
     assert main(["run", str(TINY), "--out", str(tmp_path / "o")]) == 1
     assert "No space left on device" in caplog.text and "--resume" in caplog.text
     assert "Traceback" not in caplog.text
+
+
+ATMC = (sys.executable, "-m", "atmc_plugin")
+
+
+def test_the_console_shows_evaluation_progress_and_no_tool_chatter(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("INC_TARGET_DEVICE", "LOGLEVEL")}
+    done = subprocess.run(
+        [*ATMC, "run", str(RECIPES / "tiny_inc.toml"), "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env={**env, "OMP_NUM_THREADS": "1"},
+        timeout=3600,  # a guard against a hung child, not a speed check
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "evaluating compressed: batch 1/1, pgd20x2 (1/1):" in done.stderr
+    for chatter in ("Auto detect accelerator", "Failed to load", "triton", "qdq mode", "_pytree"):
+        assert chatter not in done.stderr, chatter
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "evaluation took dense" in report
+
+
+def test_verbose_lets_the_tools_speak() -> None:
+    import logging
+
+    from atmc_plugin.app.cli import THIRD_PARTY_LOGGERS, _parser, _route_third_party_logs
+
+    assert _parser().parse_args(["run", "r.toml", "--verbose"]).verbose is True
+    try:
+        _route_third_party_logs(verbose=True)
+        assert all(logging.getLogger(n).level == logging.DEBUG for n in THIRD_PARTY_LOGGERS)
+        _route_third_party_logs(verbose=False)
+        assert all(logging.getLogger(n).level == logging.ERROR for n in THIRD_PARTY_LOGGERS)
+    finally:
+        for name in THIRD_PARTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)

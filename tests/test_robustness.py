@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -27,6 +29,22 @@ def test_quick_evaluation_keeps_rng_modes_and_weights(tiny_model) -> None:
     assert report.n == 24 and 0 <= report.robust <= report.clean <= 1
     assert report.robust <= min(report.per_attack.values())
     assert "pgd20x2" in report.per_attack and "eps 0.1" in str(report)
+
+
+def test_progress_is_reported_after_each_attack_on_each_batch(tiny_model) -> None:
+    x, y = _data()
+    tiny_model.eval()
+    events = []
+    report = evaluate(tiny_model, (x, y), eps=0.1, batch_size=10, on_progress=events.append)
+    assert [(e.batch, e.batches, e.attack) for e in events] == [
+        (1, 3, "pgd20x2"),
+        (2, 3, "pgd20x2"),
+        (3, 3, "pgd20x2"),
+    ]
+    assert [e.points for e in events] == [10, 20, 24]
+    assert events[-1].robust == round(report.robust * report.n)
+    assert all(a.elapsed <= b.elapsed for a, b in itertools.pairwise(events))
+    assert events[-1].eta == 0.0 and events[0].eta is not None
 
 
 def test_standard_preset_runs_the_ensemble(tiny_model) -> None:

@@ -42,12 +42,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     p.add_argument("--debug", action="store_true", help="tracebacks for unexpected errors")
-    # The same two flags after the subcommand (`atmc run R --debug`); SUPPRESS keeps the value
+    p.add_argument(
+        "--verbose", action="store_true", help="also the tools' own log lines (INC, torchao)"
+    )
+    # The same flags after the subcommand (`atmc run R --debug`); SUPPRESS keeps the value
     # given before it when they are absent here.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
     common.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="tracebacks"
+    )
+    common.add_argument(
+        "--verbose", action="store_true", default=argparse.SUPPRESS, help="the tools' log lines"
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -256,6 +262,21 @@ def _kept(args: argparse.Namespace, transient: bool = True) -> str:
     )
 
 
+THIRD_PARTY_LOGGERS = ("neural_compressor", "torchao", "torch.utils._pytree")
+"""Loggers whose import-time and conversion chatter (accelerator detection, optional kernels
+that are not installed, deprecations inside torch, "converted in qdq mode") is not about the
+user's model: errors only, unless ``--verbose``."""
+
+
+def _route_third_party_logs(verbose: bool) -> None:
+    """Keep the tools' chatter off the console unless ``--verbose``; our own warnings (and
+    Python warnings about the user's model) are untouched."""
+    # INC sets its logger's level from LOGLEVEL when it is first imported (default INFO).
+    os.environ.setdefault("LOGLEVEL", "INFO" if verbose else "ERROR")
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``atmc``; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -264,8 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    # INC sets its logger's level from LOGLEVEL when it is first imported (default INFO).
-    os.environ.setdefault("LOGLEVEL", "WARNING" if not args.quiet else "ERROR")
+    _route_third_party_logs(args.verbose)
     debug = args.debug or os.environ.get("ATMC_DEBUG", "") not in ("", "0")
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None

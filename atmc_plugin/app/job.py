@@ -305,10 +305,42 @@ def evaluate_pair(
     x, y = data.x_test[:n].to(device), data.y_test[:n].to(device)
     out = {}
     for name, model in models.items():
-        report = evaluate(model, (x, y), eps=recipe.eps, preset=preset, progress=progress)
-        log.info("%s: %s", name, report)
-        out[name] = report.to_dict()
+        started = time.perf_counter()
+        report = evaluate(
+            model,
+            (x, y),
+            eps=recipe.eps,
+            preset=preset,
+            progress=progress,
+            on_progress=_eval_logger(name),
+        )
+        seconds = time.perf_counter() - started
+        log.info("%s: %s (%.0f s)", name, report, seconds)
+        out[name] = {**report.to_dict(), "seconds": seconds}
     return out
+
+
+def _eval_logger(name: str) -> Any:
+    """One log line per attack and batch: model, attack, points still robust, elapsed, ETA."""
+
+    def say(p: Any) -> None:
+        batches = f"/{p.batches}" if p.batches else ""
+        eta = f", about {p.eta:.0f} s left" if p.eta is not None else ""
+        log.info(
+            "evaluating %s: batch %d%s, %s (%d/%d): %d of %d points still robust, %.0f s%s",
+            name,
+            p.batch,
+            batches,
+            p.attack,
+            p.attack_index,
+            p.attacks,
+            p.robust,
+            p.points,
+            p.elapsed,
+            eta,
+        )
+
+    return say
 
 
 def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any]:

@@ -75,6 +75,14 @@ def _latency_note(results: dict[str, Any]) -> str:
     )
 
 
+def _eval_seconds(results: dict[str, Any]) -> str:
+    seconds = {k: v.get("seconds") for k, v in results["evaluation"].items()}
+    if not all(isinstance(v, (int, float)) for v in seconds.values()):
+        return ""  # a run written before evaluation times were recorded
+    parts = ", ".join(f"{name} {v:.0f} s" for name, v in seconds.items())
+    return f"; evaluation took {parts}"
+
+
 def _artifact_lines(results: dict[str, Any]) -> list[str]:
     """The shipped files and their latency once loaded (``RUN_DIR/export``)."""
     devices = results.get("devices") or {}
@@ -132,7 +140,7 @@ def render(run: RunDir, info: dict[str, Any], results: dict[str, Any]) -> str:
         "",
         f"Recipe `{info.get('recipe')}` (digest {info.get('recipe_digest')}), seed "
         f"{info.get('seed')}, device {info.get('device')}, {info.get('machine')}. "
-        f"Training took {results['train_seconds']:.0f} s.",
+        f"Training took {results['train_seconds']:.0f} s{_eval_seconds(results)}.",
         "",
         f"## Accuracy and robustness (l_inf eps {ev['eps']:g}, preset {ev['preset']}, "
         f"n = {ev['n']})",
