@@ -173,6 +173,9 @@ def test_atmc_export_writes_every_format_of_an_inc_run(inc_run, capsys) -> None:
     assert results["devices"] == {"dense": "cpu", "compressed": "cpu"}
     report = (inc_run / "report.md").read_text()
     assert "## Shipped files" in report and "`shipped.pt2`" in report
+    assert "macs" not in results["size"]["compression"] and results["size"]["macs"] > 0
+    records = [json.loads(line) for line in (inc_run / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= r["test_robust"] <= 1 for r in records if r["kind"] == "epoch")
     info = json.loads((inc_run / "run.json").read_text())
     assert info["versions"]["neural-compressor"] and info["versions"]["torch-pruning"]
     argv = ["export", str(inc_run), "--format", "pt2", "onnx", "inc", "--batch", "1", "9"]

@@ -253,7 +253,9 @@ def _size(trainer: Trainer, run: RunDir, dense: nn.Module) -> dict[str, Any]:
     atmc = trainer.atmc
     if atmc is not None:
         elementwise, whole = trainer.backend.report()
-        out["compression"] = whole
+        # one MAC figure per model: the conv/linear MACs of `layer_costs` below (a tool's own
+        # counter, such as Torch-Pruning's, also counts other ops and would disagree)
+        out["compression"] = {k: v for k, v in whole.items() if k not in ("macs", "dense_macs")}
         out["size_ratio"] = elementwise.size_ratio
         try:
             storage = save_compact(run.root / "model.safetensors", model, atmc)
@@ -297,8 +299,11 @@ def evaluate_pair(
     preset: str,
     device: torch.device,
     progress: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Honest evaluation (:func:`atmc_plugin.evaluate`) of each model on the test split."""
+    """Honest evaluation (:func:`atmc_plugin.evaluate`) of each model on the test split;
+    each model's evaluation seconds go into ``timings`` when given."""
+    timings = {} if timings is None else timings
     from ..robustness import evaluate
 
     n = recipe.eval_limit or len(data.y_test)
@@ -316,7 +321,8 @@ def evaluate_pair(
         )
         seconds = time.perf_counter() - started
         log.info("%s: %s (%.0f s)", name, report, seconds)
-        out[name] = {**report.to_dict(), "seconds": seconds}
+        out[name] = report.to_dict()
+        timings[name] = seconds
     return out
 
 
@@ -355,11 +361,15 @@ def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any
     dense.load_state_dict(load_checkpoint(run.dense, recipe)["model"])
     dense.eval()
     models = {"dense": dense, "compressed": shipped}
+    timings: dict[str, float] = {}
     results: dict[str, Any] = {
         "recipe": recipe.name,
         "train_seconds": train_seconds,
         "int8": shipped is not unwrap_model(trainer.model),
-        "evaluation": evaluate_pair(recipe, data, models, recipe.preset, dev, trainer.progress),
+        "evaluation": evaluate_pair(
+            recipe, data, models, recipe.preset, dev, trainer.progress, timings
+        ),
+        "evaluation_seconds": timings,
         "size": _size(trainer, run, dense),
     }
     batch = data.x_test[: recipe.latency_batch].to(dev)

@@ -76,8 +76,8 @@ def _latency_note(results: dict[str, Any]) -> str:
 
 
 def _eval_seconds(results: dict[str, Any]) -> str:
-    seconds = {k: v.get("seconds") for k, v in results["evaluation"].items()}
-    if not all(isinstance(v, (int, float)) for v in seconds.values()):
+    seconds = results.get("evaluation_seconds") or {}
+    if not seconds:
         return ""  # a run written before evaluation times were recorded
     parts = ", ".join(f"{name} {v:.0f} s" for name, v in seconds.items())
     return f"; evaluation took {parts}"
@@ -189,6 +189,9 @@ def plot_training(records: list[dict[str, Any]], path: Path) -> None:
     if adv:
         ax2.plot(*zip(*adv, strict=True), label="train (adversarial)")
     ax2.plot(x, [r["test_acc"] for r in epochs], label="test (clean)")
+    robust = [(r["global_epoch"], r["test_robust"]) for r in epochs if "test_robust" in r]
+    if robust:
+        ax2.plot(*zip(*robust, strict=True), label="test (robust, PGD-20 x2, 128 points)")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("accuracy")
     for ax in (ax1, ax2):

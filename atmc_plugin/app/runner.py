@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..adversary import unwrap_model
 from ..config import ATMCConfig
 from ..core import ATMC
 from ..errors import ATMCError, InputError, ScheduleWarning
@@ -35,6 +36,7 @@ from .recipe import Recipe
 from .rundir import RunDir
 
 log = logging.getLogger(__name__)
+ROBUST_CURVE_POINTS = 128
 STAGE_LR = {"pretrain": 1.0, "compress": 0.5, "finetune": 0.1}
 
 
@@ -270,6 +272,20 @@ class Trainer:
     def test_accuracy(self) -> float:
         return self.accuracy(self.data.x_test, self.data.y_test)
 
+    def robust_accuracy(self, n: int = ROBUST_CURVE_POINTS) -> float:
+        """PGD-20 (2 restarts) accuracy on the first ``n`` test points at the recipe's eps: the
+        robust curve of ``training.png``. Nothing is selected on it; the global RNG stream, the
+        modes and the weights are left as they were (:func:`atmc_plugin.evaluate`)."""
+        from ..modes import preserved_modes
+        from ..robustness import evaluate
+
+        x, y = self.data.x_test[:n].to(self.device), self.data.y_test[:n].to(self.device)
+        model = unwrap_model(self.model)
+        with preserved_modes(model):
+            model.eval()
+            report = evaluate(model, (x, y), eps=self.recipe.eps, preset="quick", sanity=False)
+        return report.robust
+
     def _validation(self) -> dict[str, float]:
         """``val_acc`` when the data has a validation split (the user's data factory)."""
         if self.data.x_val is None or self.data.y_val is None:
@@ -336,6 +352,7 @@ class Trainer:
                     "global_epoch": offset + epoch + 1,
                     **stats,
                     "test_acc": self.test_accuracy(),
+                    "test_robust": self.robust_accuracy(),
                     **self._validation(),
                     "params": sum(p.numel() for p in self.model.parameters()),
                     "lr": self._require_optimizer().param_groups[0]["lr"],
