@@ -760,7 +760,7 @@ def plot_summary(rows: list[dict[str, Any]], path: Path) -> None:
     da = next((r for r in rows if r["method"] == "DA"), {})
     if da.get("ensemble") is not None:
         ax.axhline(da["ensemble"], color="black", linestyle=":", label="DA (dense)")
-    best = {}
+    best: dict[float, dict[str, Any]] = {}
     for r in attacked:
         if r["method"] in OURS:
             ratio = r["target_ratio"]
