@@ -234,30 +234,46 @@ def _usable(inputs: Sequence[Tensor], dynamic: bool, example: Tensor) -> list[Te
     return [x for x in inputs if x.shape[0] == size] or check_batches(example, [size])
 
 
-def _export_pt2(
-    model: nn.Module, example: Tensor, target: Path, name: str, inputs: Sequence[Tensor]
+def _export_checked(
+    model: nn.Module,
+    example: Tensor,
+    target: Path,
+    name: str,
+    inputs: Sequence[Tensor],
+    fmt: str,
+    save_and_load: Callable[[torch.export.ExportedProgram, str], Callable[[Tensor], Tensor]],
+    *,
+    exact: bool,
+    load: str,
 ) -> Artifact:
-    quantized = is_quantized_graph(model)
+    """Export ``model``, save it with ``save_and_load(program, tmp)`` (which returns the
+    reloaded runnable), compare, then rename into place; the record of what was written.
+
+    :param exact: float tolerance even for int8 graphs (the same runtime reloaded).
+    """
+    quantized = is_quantized_graph(model) and not exact
+    result: dict[str, tuple[float, float]] = {}
     with _eval(model):
         program, dynamic, note = _exported_program(model, example, inputs)
         checked = _usable(inputs, dynamic, example)
-        result: dict[str, tuple[float, float]] = {}
 
         def write(tmp: str) -> None:
-            buffer = io.BytesIO()  # not the file name: it would name the archive's folder
-            torch.export.save(program, buffer)
-            Path(tmp).write_bytes(buffer.getvalue())
-            loaded = torch.export.load(io.BytesIO(Path(tmp).read_bytes())).module()
-            result["cmp"] = compare(model, loaded, checked, quantized=False, what=str(target))
+            runnable = save_and_load(program, tmp)
+            result["cmp"] = compare(model, runnable, checked, quantized=quantized, what=str(target))
 
-        replace_atomically(target, write)
-    load = "torch.export.load(path).module()"
-    if quantized:
-        load = f"{INT8_LOAD_HINT}; {load}"
+        try:
+            replace_atomically(target, write)
+        except ATMCError:
+            raise
+        except Exception as exc:  # the exporters and the runtimes raise many types
+            raise ATMCError(
+                f"{fmt} export of {name} failed ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); nothing was written."
+            ) from exc
     diff, agreement = result["cmp"]
     return Artifact(
         name=name,
-        format="pt2",
+        format=fmt,
         path=str(target),
         bytes=target.stat().st_size,
         dynamic_batch=dynamic,
@@ -266,6 +282,23 @@ def _export_pt2(
         agreement=agreement,
         load=load,
         note=note,
+    )
+
+
+def _export_pt2(
+    model: nn.Module, example: Tensor, target: Path, name: str, inputs: Sequence[Tensor]
+) -> Artifact:
+    def save_and_load(program: torch.export.ExportedProgram, tmp: str) -> Any:
+        buffer = io.BytesIO()  # not the file name: it would name the archive's folder
+        torch.export.save(program, buffer)
+        Path(tmp).write_bytes(buffer.getvalue())
+        return torch.export.load(io.BytesIO(Path(tmp).read_bytes())).module()
+
+    load = "torch.export.load(path).module()"
+    if is_quantized_graph(model):
+        load = f"{INT8_LOAD_HINT}; {load}"
+    return _export_checked(
+        model, example, target, name, inputs, "pt2", save_and_load, exact=True, load=load
     )
 
 
@@ -279,48 +312,21 @@ def _export_onnx(
             "the onnx format needs onnx, onnxscript and onnxruntime: "
             "pip install 'atmc-plugin[onnx]'."
         ) from exc
-    quantized = is_quantized_graph(model)
-    with _eval(model):
-        program, dynamic, note = _exported_program(model, example, inputs)
-        checked = _usable(inputs, dynamic, example)
-        result: dict[str, tuple[float, float]] = {}
 
-        def write(tmp: str) -> None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the exporter's own chatter
-                onnx_program = torch.onnx.export(program, dynamo=True, verbose=False)
-            if onnx_program is None:
-                raise ATMCError(f"torch.onnx.export returned nothing for {name}.")
-            onnx_program.save(tmp)
-            session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-            feed = session.get_inputs()[0].name
+    def save_and_load(program: torch.export.ExportedProgram, tmp: str) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's own chatter
+            onnx_program = torch.onnx.export(program, dynamo=True, verbose=False)
+        if onnx_program is None:
+            raise ATMCError(f"torch.onnx.export returned nothing for {name}.")
+        onnx_program.save(tmp)
+        session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        feed = session.get_inputs()[0].name
+        return lambda x: torch.from_numpy(session.run(None, {feed: x.numpy()})[0])
 
-            def run(x: Tensor) -> Tensor:
-                return torch.from_numpy(session.run(None, {feed: x.numpy()})[0])
-
-            result["cmp"] = compare(model, run, checked, quantized=quantized, what=str(target))
-
-        try:
-            replace_atomically(target, write)
-        except ATMCError:
-            raise
-        except Exception as exc:  # the exporter and the runtime raise many types
-            raise ATMCError(
-                f"ONNX export of {name} failed ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); nothing was written."
-            ) from exc
-    diff, agreement = result["cmp"]
-    return Artifact(
-        name=name,
-        format="onnx",
-        path=str(target),
-        bytes=target.stat().st_size,
-        dynamic_batch=dynamic,
-        checked_batches=tuple(int(x.shape[0]) for x in checked),
-        max_abs_diff=diff,
-        agreement=agreement,
-        load="onnxruntime.InferenceSession(path)",
-        note=note,
+    load = "onnxruntime.InferenceSession(path)"
+    return _export_checked(
+        model, example, target, name, inputs, "onnx", save_and_load, exact=False, load=load
     )
 
 
