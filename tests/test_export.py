@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -68,6 +70,26 @@ def test_compact_round_trip_and_size(tmp_path, density, bits, grid) -> None:
     assert size < dense
     if density == 0.02:
         assert report.ratio < 0.1  # 2% of the weights at 4 bits, plus biases/BN and indices
+    # the self-contained decoder (NumPy only) gives exactly the same tensors
+    decoded = _decoder().decode(path)
+    expected = load_compact(path)
+    assert set(decoded) == set(expected)
+    for key, value in expected.items():
+        got = torch.from_numpy(decoded[key])
+        assert torch.equal(got.reshape(value.shape), value), key  # 0-d: safetensors says (1,)
+
+
+def _decoder():
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "decode_compact.py"
+    spec = importlib.util.spec_from_file_location("decode_compact", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_foreign_file_refused(tmp_path) -> None:
