@@ -143,6 +143,53 @@ def default_table(row: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+EXAMPLES: dict[str, list[list[str]]] = {
+    # the README's Python examples: each list of arguments is one run; their tables are merged
+    "digits_atmc": [[]],
+    "digits_tp_atmc": [[], ["--no-attack"]],
+    "digits_inc_atmc": [["--latency"]],
+}
+
+
+def run_example(name: str, threads: int) -> dict[str, Any]:
+    """Run one Python example (each of its argument lists) and keep its Markdown table."""
+    table: list[str] = []
+    wall: list[float] = []
+    for extra in EXAMPLES[name]:
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / f"{name}.py"), *extra],
+            env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        wall.append(time.perf_counter() - started)
+        if done.returncode != 0:
+            raise SystemExit(f"{name} {extra} failed:\n{done.stderr[-3000:]}")
+        rows = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("|")]
+        table += rows if not table else rows[2:]  # one header for the merged table
+    return {
+        "example": name,
+        "table": table,
+        "wall_seconds": wall,
+        "threads": threads,
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def example_text(row: dict[str, Any]) -> str:
+    runs = " and ".join(f"{w:.0f} s" for w in row["wall_seconds"])
+    return "\n".join(
+        [
+            *row["table"],
+            "",
+            f"One run each, seed 0, OMP_NUM_THREADS={row['threads']}, {runs} wall "
+            f"({row['date']}; `python benchmarks/recipe_figures.py --examples {row['example']}`).",
+        ]
+    )
+
+
 def splice(path: Path, marker: str, text: str) -> None:
     content = path.read_text()
     begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
@@ -165,6 +212,9 @@ def main() -> None:
         default=ROOT / "runs" / "recipe-figures",
         help="run folders (not kept in git)",
     )
+    p.add_argument(
+        "--examples", nargs="+", default=[], choices=sorted(EXAMPLES), help="examples to run"
+    )
     p.add_argument("--splice", action="store_true", help="rewrite the README tables")
     args = p.parse_args()
     rows = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
@@ -177,7 +227,17 @@ def main() -> None:
         rows[name] = run_recipe(name, out, args.threads)
         FIGURES.write_text(json.dumps(rows, indent=1) + "\n")  # after each recipe: resumable
         log.info("%s: done in %.0f s", name, rows[name]["wall_seconds"])
+    examples = rows.setdefault("examples", {})
+    for name in args.examples:
+        log.info("example %s: running", name)
+        examples[name] = run_example(name, args.threads)
+        FIGURES.write_text(json.dumps(rows, indent=1) + "\n")
+        log.info("example %s: done", name)
+    recipes = {k: v for k, v in rows.items() if k != "examples"}
     if args.splice:
+        for name, row in examples.items():
+            splice(ROOT / "README.md", f"example:{name}", example_text(row))
+        rows = recipes
         if not rows:
             raise SystemExit(f"{FIGURES} holds no runs; run some with --run first.")
         splice(ROOT / "examples" / "README.md", "recipes", recipes_table(rows))
