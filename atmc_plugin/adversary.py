@@ -9,7 +9,8 @@
   ``training`` flag is restored afterwards, so a BatchNorm the user froze stays frozen;
 - parameters do not receive gradients (their ``requires_grad`` is lowered during the attack);
 - it works inside ``torch.no_grad()`` and on the model's current device;
-- the result is projected into the eps-ball and [0, 1], whatever the plugin returned.
+- the result is projected into the attack's ball (eps; N-FGSM's ``noise * eps + alpha``, see
+  :attr:`~atmc_plugin.AttackConfig.radius`) and [0, 1], whatever the plugin returned.
 """
 
 from __future__ import annotations
@@ -173,6 +174,6 @@ class Adversary:
                 f"attack {self.config.name!r} returned {type(adv).__name__} "
                 f"{getattr(adv, 'shape', '')}; expected a tensor of shape {tuple(pixels.shape)}."
             )
-        eps = self.config.eps
-        adv = torch.max(torch.min(adv.detach(), pixels + eps), pixels - eps)
+        radius = self.config.radius  # eps, or N-FGSM's larger bound
+        adv = torch.max(torch.min(adv.detach(), pixels + radius), pixels - radius)
         return adv.clamp_(0.0, 1.0)

@@ -1,15 +1,19 @@
 """Built-in training attacks, backed by torchattacks.
 
-``pgd`` (Madry et al.), ``fgsm``, ``ffgsm`` (fast adversarial training, Wong et al.) and
-``tpgd`` (TRADES-style KL attack). The core's :class:`~atmc_plugin.adversary.Adversary` wraps
-whatever this returns with mode, gradient and input handling.
+``pgd`` (Madry et al.), ``fgsm``, ``ffgsm`` (fast adversarial training, Wong et al.),
+``nfgsm`` (N-FGSM, de Jorge et al., NeurIPS 2022, arXiv 2202.01181; torchattacks has none, so
+it is written here) and ``tpgd`` (TRADES-style KL attack). The core's
+:class:`~atmc_plugin.adversary.Adversary` wraps whatever this returns with mode, gradient and
+input handling.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from .config import TRAINING_ATTACKS, AttackConfig
 from .plugins import hookimpl
@@ -41,6 +45,8 @@ def atmc_build_attack(
         attack = torchattacks.FGSM(model, eps=config.eps, **config.options)
     elif name == "ffgsm":
         attack = torchattacks.FFGSM(model, eps=config.eps, alpha=alpha, **config.options)
+    elif name == "nfgsm":
+        return NFGSM(model, eps=config.eps, alpha=alpha, noise=config.noise_magnitude)
     elif name == "tpgd":
         attack = torchattacks.TPGD(
             model, eps=config.eps, alpha=alpha, steps=config.steps, **config.options
@@ -48,3 +54,31 @@ def atmc_build_attack(
     else:
         return None
     return attack
+
+
+class NFGSM:
+    """N-FGSM (de Jorge et al., "Make Some Noise", NeurIPS 2022, arXiv 2202.01181).
+
+    ``x_adv = clip_[0,1](x + eta + alpha * sign(grad_x CE(f(x + eta), y)))`` with
+    ``eta ~ U(-noise, noise)`` elementwise: one forward-backward pass, like FGSM, and no
+    projection of the perturbation back to the eps-ball (the paper's point: the larger noise
+    and the unclipped step keep single-step training from overfitting catastrophically). The
+    paper's defaults are ``noise = 2 * eps`` and ``alpha = eps``.
+
+    :param model: the classifier (logits), in the mode the caller chose.
+    :param eps: the nominal radius (kept for reference; the bound is ``noise + alpha``).
+    :param alpha: the signed-gradient step.
+    :param noise: the uniform noise's bound, in input units.
+
+    Inputs ``(N, ...)`` in [0, 1] and integer labels ``(N,)``; returns a detached batch.
+    """
+
+    def __init__(self, model: nn.Module, *, eps: float, alpha: float, noise: float) -> None:
+        self.model, self.eps, self.alpha, self.noise = model, eps, alpha, noise
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        eta = (torch.rand_like(x) * 2 - 1) * self.noise
+        start = (x + eta).clamp(0.0, 1.0).requires_grad_(True)
+        loss = F.cross_entropy(self.model(start), y)
+        (grad,) = torch.autograd.grad(loss, start)
+        return (start + self.alpha * grad.sign()).clamp(0.0, 1.0).detach()

@@ -34,7 +34,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 CONFIG_VERSION = 1
 
-TRAINING_ATTACKS = ("pgd", "fgsm", "ffgsm", "tpgd")
+TRAINING_ATTACKS = ("pgd", "fgsm", "ffgsm", "nfgsm", "tpgd")
 EVALUATION_ONLY_ATTACKS = ("apgd", "apgdt", "fab", "square", "autoattack")
 QUANTIZERS = ("codebook", "int")
 GRANULARITIES = ("tensor", "channel", "group")
@@ -99,12 +99,17 @@ def _set(obj: Any, name: str, value: Any) -> None:
 class AttackConfig:
     """How adversarial training examples are generated.
 
-    :param name: attack name. Built in: ``pgd``, ``fgsm``, ``ffgsm`` (fast AT), ``tpgd``
-        (TRADES-style). Other names are looked up in installed plugins.
+    :param name: attack name. Built in: ``pgd``, ``fgsm``, ``ffgsm`` (FGSM with a random start,
+        Wong et al. 2020), ``nfgsm`` (N-FGSM, de Jorge et al. 2022: a larger noise and no
+        projection of the training perturbation to the eps-ball), ``tpgd`` (TRADES-style).
+        Other names are looked up in installed plugins.
     :param eps: l_inf radius in input units ([0, 1] pixels, before any normalization).
     :param steps: iterations (ignored by single-step attacks).
     :param alpha: step size; ``None`` means ``2.5 * eps / steps`` (Madry et al.) for iterative
-        attacks and ``1.25 * eps`` for FFGSM.
+        attacks, ``1.25 * eps`` for FFGSM and ``eps`` for N-FGSM (the papers').
+    :param noise: N-FGSM only: the uniform noise's magnitude as a multiple of ``eps``
+        (``None``: 2, the paper's). The training perturbation then reaches up to
+        ``noise * eps + alpha`` (:attr:`radius`); only the image is clipped to [0, 1].
     :param random_start: start from a uniform point in the eps-ball.
     :param mean: per-channel mean for a model that expects normalized inputs: batches stay in
         [0, 1] pixel space and the attack normalizes them before calling the model
@@ -118,6 +123,7 @@ class AttackConfig:
     steps: int = 7
     alpha: float | None = None
     random_start: bool = True
+    noise: float | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -151,6 +157,10 @@ class AttackConfig:
         if self.alpha is not None:
             _set(self, "alpha", _number(s, "alpha", self.alpha, low=0.0, low_open=True))
         _set(self, "random_start", _bool(s, "random_start", self.random_start))
+        if self.noise is not None:
+            if name != "nfgsm":
+                raise _fail(s, "noise", self.noise, "only N-FGSM takes it; set name = 'nfgsm'.")
+            _set(self, "noise", _number(s, "noise", self.noise, low=0.0, high=16.0))
         if (self.mean is None) != (self.std is None):
             raise _fail(s, "mean/std", (self.mean, self.std), "give both mean and std, or neither.")
         if self.mean is not None and self.std is not None:
@@ -171,7 +181,22 @@ class AttackConfig:
             return self.alpha
         if self.name == "ffgsm":
             return 1.25 * self.eps
+        if self.name == "nfgsm":
+            return self.eps
         return 2.5 * self.eps / self.steps
+
+    @property
+    def noise_magnitude(self) -> float:
+        """N-FGSM's noise bound in input units: ``noise * eps`` (``noise`` defaults to 2)."""
+        return (2.0 if self.noise is None else self.noise) * self.eps
+
+    @property
+    def radius(self) -> float:
+        """The l_inf bound of the training perturbation: ``eps``, except N-FGSM's
+        ``noise * eps + alpha`` (its perturbation is not projected back to the eps-ball)."""
+        if self.name == "nfgsm":
+            return self.noise_magnitude + self.step_size
+        return self.eps
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,6 +23,39 @@ def test_perturbation_within_eps_and_range(tiny_model, batch, name) -> None:
     assert not torch.equal(adv, x)
 
 
+def test_nfgsm_is_not_projected_to_eps_but_to_its_own_bound(tiny_model, batch) -> None:
+    x, y = batch
+    x = 0.25 + 0.5 * x  # away from the box edges, so the clip to [0, 1] does not hide the bound
+    attack = _adv(tiny_model, name="nfgsm", eps=0.05)
+    config = attack.config
+    assert config.step_size == 0.05 and config.noise_magnitude == pytest.approx(0.1)
+    assert config.radius == pytest.approx(0.15)  # 2 * eps noise + an eps step (the paper's)
+    torch.manual_seed(0)
+    adv = attack(x, y)
+    gap = float((adv - x).abs().max())
+    assert 0.05 < gap <= 0.15 + 1e-6  # beyond eps: N-FGSM does not project back
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+    wider = _adv(tiny_model, name="nfgsm", eps=0.05, noise=4.0).config
+    assert wider.radius == pytest.approx(0.25)
+
+
+def test_nfgsm_is_one_forward_backward_pass(tiny_model, batch) -> None:
+    calls = []
+    hook = tiny_model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        _adv(tiny_model, name="nfgsm", eps=0.05)(*batch)
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+
+
+def test_noise_is_only_for_nfgsm() -> None:
+    from atmc_plugin import ConfigError
+
+    with pytest.raises(ConfigError, match="only N-FGSM takes it"):
+        AttackConfig(name="pgd", noise=2.0)
+
+
 def test_pgd_increases_the_loss(tiny_model, batch) -> None:
     x, y = batch
     tiny_model.eval()

@@ -77,6 +77,13 @@ def test_dict_config_and_set_local() -> None:
     assert session_of(q).op_names == ["1"]
 
 
+def test_nfgsm_reaches_atmc_through_incs_config() -> None:
+    cfg = ATMCQuantConfig(bits=8, attack="nfgsm", eps=0.05, noise=3.0)
+    attack = cfg.to_atmc(["1"]).attack
+    assert attack is not None and attack.name == "nfgsm" and attack.noise == 3.0
+    assert attack.radius == pytest.approx(0.2)
+
+
 def test_json_round_trip(tmp_path) -> None:
     cfg = ATMCQuantConfig(bits=4, group_size=32, eps=0.05, density=0.2)
     path = tmp_path / "atmc.json"

@@ -67,10 +67,12 @@ class ATMCQuantConfig(TorchBaseConfig):
         length the budget anneals over. Without it (and without ``ramp_steps``) a sparsity
         budget is at its target from the first step and ATMC warns once;
         ``session_of(model).set_total_steps(n)`` inside ``run_fn`` works too.
-    :param attack: training attack (``pgd``, ``fgsm``, ``ffgsm``, ``tpgd`` or a plugin's).
+    :param attack: training attack (``pgd``, ``fgsm``, ``ffgsm``, ``nfgsm``, ``tpgd`` or a
+        plugin's).
     :param eps: l_inf radius in [0, 1] pixel units.
     :param steps: attack iterations.
-    :param alpha: attack step (0 = the default ``2.5 * eps / steps``).
+    :param alpha: attack step (0 = the attack's default, see :class:`atmc_plugin.AttackConfig`).
+    :param noise: N-FGSM's noise as a multiple of ``eps`` (0 = the paper's 2).
     :param rho: ADMM penalty weight.
     :param interval: optimizer steps between ADMM updates.
     :param white_list: op types or names INC may assign this config to (INC's default:
@@ -98,6 +100,7 @@ class ATMCQuantConfig(TorchBaseConfig):
         eps: float = 8 / 255,
         steps: int = 7,
         alpha: float = 0.0,
+        noise: float = 0.0,
         rho: float = 0.1,
         interval: int = 10,
         white_list: list[Any] | None = DEFAULT_WHITE_LIST,
@@ -128,6 +131,7 @@ class ATMCQuantConfig(TorchBaseConfig):
         self.eps = eps
         self.steps = steps
         self.alpha = alpha
+        self.noise = noise
         self.rho = rho
         self.interval = interval
         self._post_init()
@@ -237,7 +241,11 @@ class ATMCQuantConfig(TorchBaseConfig):
         group = self.group_size
         return ATMCConfig(
             attack=AttackConfig(
-                name=self.attack, eps=self.eps, steps=self.steps, alpha=self.alpha or None
+                name=self.attack,
+                eps=self.eps,
+                steps=self.steps,
+                alpha=self.alpha or None,
+                noise=self.noise or None,
             ),
             constraint=ConstraintConfig(
                 density=None if self.density >= 1.0 else self.density,

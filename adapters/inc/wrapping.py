@@ -57,6 +57,7 @@ def from_inc_config(
         eps=attack.eps if attack else 8 / 255,
         steps=attack.steps if attack else 7,
         alpha=(attack.alpha or 0.0) if attack else 0.0,
+        noise=(attack.noise or 0.0) if attack else 0.0,
         rho=config.admm.rho,
         interval=config.admm.interval,
     )
