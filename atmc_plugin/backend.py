@@ -1,9 +1,9 @@
 """The contract between the ``atmc`` command and a tool's adapter: backends.
 
 The command (``atmc_plugin.app``) has no per-tool code. For each tool section of a recipe
-(``[torch_pruning]``, ``[inc.atmc]``, ``[inc.static]``) it asks the plugins for a backend
-through the ``atmc_command_backend`` hook, gives it plain values (:class:`BackendContext`,
-the section as a dict) and drives it:
+(``[torch_pruning]``, ``[inc.atmc]``, ``[inc.static]``, ``[inc.rtn]``) it asks the plugins for
+a backend through the ``atmc_command_backend`` hook, gives it plain values
+(:class:`BackendContext`, the section as a dict) and drives it:
 
 - a :class:`CompressionBackend` runs the compress and finetune stages (one per recipe; without
   a tool section the command uses plain :class:`~atmc_plugin.ATMC`);

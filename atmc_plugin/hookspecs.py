@@ -1,7 +1,8 @@
 """Hook specifications of atmc-plugin.
 
-Hooks are grouped by lifecycle phase: building (attack, projection, adapter) and
-notifications (after a projection, an ADMM update, a pruning step). Implement them with
+Hooks are grouped by lifecycle phase: building (attack names, attack, projection, adapter,
+an attackable copy of a model for evaluation, the ``atmc`` command's backend for a recipe
+section) and notifications (after a projection, an ADMM update, a pruning step). Implement them with
 :data:`atmc_plugin.hookimpl` and register the module through the ``atmc_plugin`` entry-point
 group. Every hook is documented in ``docs/hooks.md`` under its exact signature.
 """

@@ -22,6 +22,8 @@ from atmc_plugin import ATMCConfig, hookimpl
 if TYPE_CHECKING:
     from .algorithm import ConversionReport, INCSession, conversion_report, session_of
     from .config import ALGO_NAME, ATMCQuantConfig
+    from .pt2e import quantize_static_int8, straight_through_copy
+    from .saving import save_inc
     from .tuning import autotune
     from .wrapping import from_inc_config
 
@@ -34,6 +36,9 @@ _EXPORTS = {
     "session_of": "algorithm",
     "autotune": "tuning",
     "from_inc_config": "wrapping",
+    "quantize_static_int8": "pt2e",
+    "straight_through_copy": "pt2e",
+    "save_inc": "saving",
 }
 __all__ = [
     "ALGO_NAME",
@@ -43,7 +48,10 @@ __all__ = [
     "autotune",
     "conversion_report",
     "from_inc_config",
+    "quantize_static_int8",
+    "save_inc",
     "session_of",
+    "straight_through_copy",
 ]
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from atmc_plugin import ATMC, ConfigError
+from atmc_plugin import ATMC, ATMCError, ConfigError
 from atmc_plugin.backend import BackendContext, MakeOptimizer
 from atmc_plugin.report import CompressionReport
 
@@ -172,7 +172,7 @@ class PruningBackend:
 
     def _pruner(self) -> ATMCPruner:
         if self.pruner is None:
-            raise ConfigError("internal: the pruning backend was not prepared.")
+            raise ATMCError("internal: the pruning backend was not prepared.")
         return self.pruner
 
     def on_epoch(self, epoch: int, epochs: int) -> None:

@@ -190,20 +190,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_plugins(_args: argparse.Namespace) -> int:
-    from ..plugins import get_plugin_manager
+    from ..plugins import get_plugin_manager, plugin_origins
 
     pm = get_plugin_manager()
-    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    origins = plugin_origins(pm)
     adapters = {id(impl.plugin) for impl in pm.hook.atmc_build_adapter.get_hookimpls()}
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda kv: str(kv[0])):
         if plugin is None:
             _say(f"{name}  (blocked)")
             continue
-        dist = dists.get(id(plugin))
-        origin = f"{dist.project_name} {dist.version}" if dist is not None else "built-in"
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         kind = "adapter" if id(plugin) in adapters else "plugin"
-        _say(f"{name}  [{kind}, {origin}]  {getattr(plugin, '__name__', plugin)}")
+        _say(f"{name}  [{kind}, {origins[name]}]  {getattr(plugin, '__name__', plugin)}")
         _say(f"    hooks: {', '.join(hooks)}")
     return 0
 
