@@ -141,10 +141,17 @@ def test_files_load_in_a_process_without_atmc_plugin_or_the_tools(tmp_path) -> N
     probe = _batch(7)
     with torch.no_grad():
         outputs = {"fp32": fp32(probe), "int8": int8(probe)}
-    torch.save({"x": probe, "outputs": outputs}, tmp_path / "expected.pt")
-    script = CHILD.format(
-        blocked=BLOCKED, expected=str(tmp_path / "expected.pt"), folder=str(folder)
-    )
+    _load_without_the_tools(tmp_path, folder, probe, outputs)
+
+
+def _load_without_the_tools(
+    tmp_path: Path, folder: Path, probe: torch.Tensor, outputs: dict[str, torch.Tensor]
+) -> None:
+    """A fresh process that cannot import atmc-plugin or the tools runs every pt2 and ONNX
+    file of ``folder`` named in ``outputs`` and matches the in-process outputs."""
+    expected = tmp_path / f"expected-{folder.name}.pt"
+    torch.save({"x": probe, "outputs": outputs}, expected)
+    script = CHILD.format(blocked=BLOCKED, expected=str(expected), folder=str(folder))
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)],
         capture_output=True,
@@ -200,6 +207,14 @@ def test_atmc_export_writes_every_format_of_an_inc_run(inc_run, capsys) -> None:
 
     restored = load(str(inc_run / "export" / "shipped.inc"))  # INC's own load restores it
     assert restored(_batch(3)).shape == (3, 10)
+    # the run's own files load where atmc-plugin and the tools cannot be imported
+    from atmc_plugin.app.job import rebuild_final
+
+    final = rebuild_final(inc_run / "final.pt", torch.device("cpu"))
+    probe = _batch(5)
+    with torch.no_grad():
+        outputs = {"compressed": final.model(probe), "shipped": final.shipped(probe)}
+    _load_without_the_tools(inc_run.parent, inc_run / "export", probe, outputs)
     # a second export keeps what is listed and checked, and writes nothing over it
     before = {p.name: p.stat().st_mtime_ns for p in (inc_run / "export").iterdir()}
     assert main(["export", str(inc_run), "--format", "pt2", "inc"]) == 0
