@@ -208,7 +208,7 @@ def test_atmc_export_writes_every_format_of_an_inc_run(inc_run, capsys) -> None:
     restored = load(str(inc_run / "export" / "shipped.inc"))  # INC's own load restores it
     assert restored(_batch(3)).shape == (3, 10)
     # the run's own files load where atmc-plugin and the tools cannot be imported
-    from atmc_plugin.app.job import rebuild_final
+    from atmc_plugin.app.final import rebuild_final
 
     final = rebuild_final(inc_run / "final.pt", torch.device("cpu"))
     probe = _batch(5)

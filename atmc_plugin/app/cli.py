@@ -149,7 +149,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import dataclasses
 
     from .build import resolve_device
-    from .job import evaluate_pair, load_final
+    from .evaluation import evaluate_pair
+    from .final import load_final
 
     device = resolve_device(args.device)
     recipe, data, _model, shipped = load_final(args.checkpoint, device)

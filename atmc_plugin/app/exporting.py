@@ -22,7 +22,7 @@ import torch
 from ..artifacts import FORMATS, Artifact, export_model, record_artifacts
 from ..backend import NativeFormatBackend
 from ..errors import InputError
-from .job import rebuild_final
+from .final import rebuild_final
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,15 @@ from torch import nn
 from ..adversary import unwrap_model
 from ..errors import ATMCError, InputError
 from . import latency
-from .backends import Tools, resolve_tools
 from .build import Data, build_model, check_recipe, resolve_device
+from .evaluation import evaluate_pair
+from .final import FINAL_FORMAT, Final, load_final, rebuild_final, ship
 from .recipe import Recipe, RecipeError
-from .rundir import RunDir, load_checkpoint, read_json, read_tagged
-from .runner import Trainer, train_batches
+from .rundir import RunDir, load_checkpoint, read_json
+from .runner import Trainer
 
 log = logging.getLogger(__name__)
-FINAL_FORMAT = "atmc-run-final"
+__all__ = ["Final", "evaluate_pair", "finish", "load_final", "rebuild_final", "run_recipe", "ship"]
 
 
 def run_recipe(
@@ -169,80 +169,6 @@ def _run_info(recipe: Recipe, device: torch.device, world_size: int) -> dict[str
     }
 
 
-def ship(recipe: Recipe, model: nn.Module, data: Data, tools: Tools | None = None) -> nn.Module:
-    """The model to ship: the ship backend's (INC static int8 with ``[inc.static]``), else
-    ``model`` itself. The calibration batches are the first 512 training examples.
-    """
-    tools = tools or resolve_tools(recipe, data.example)
-    if tools.ship is None:
-        return model
-    device = next(model.parameters()).device
-    calib = train_batches(data.x_train[:512].to(device), data.y_train[:512].to(device), 128)
-    return tools.ship.ship(model, calib)
-
-
-@dataclass(frozen=True)
-class Final:
-    """A run's final model rebuilt from ``final.pt``: the recipe and its data, the compressed
-    fp32 model, the shipped model (the same object when no tool ships) and the tools."""
-
-    recipe: Recipe
-    data: Data
-    model: nn.Module
-    shipped: nn.Module
-    tools: Tools
-
-
-def rebuild_final(path: Path, device: torch.device) -> Final:
-    """Rebuild a run's final model from ``final.pt`` (weights_only): the fp32 model with its
-    pruned structure replayed and factorization rebuilt, then the shipped model (int8 if any).
-
-    :raises InputError: not a final checkpoint of ``atmc run``.
-    """
-    from .build import load_data
-    from .recipe import recipe_from_dict
-
-    payload = read_tagged(path, FINAL_FORMAT)
-    try:
-        recipe = recipe_from_dict(payload["recipe"], _rebuild_path(path, payload))
-        data = load_data(recipe)
-        torch.manual_seed(recipe.seed)
-        model = build_model(recipe, data).to(device)
-        tools = resolve_tools(recipe, data.example.to(device))
-        if payload["tools"] is not None:
-            tools.compress.rebuild(model, payload["tools"])
-        model.load_state_dict(payload["model"])
-    except ATMCError:
-        raise
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
-        raise InputError(
-            f"{str(path)!r} does not describe a model this atmc-plugin can rebuild "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
-            "it was not modified."
-        ) from exc
-    model.eval()
-    return Final(recipe, data, model, ship(recipe, model, data, tools), tools)
-
-
-def load_final(path: Path, device: torch.device) -> tuple[Recipe, Data, nn.Module, nn.Module]:
-    """:func:`rebuild_final` as ``(recipe, data, fp32 model, shipped model)``."""
-    final = rebuild_final(path, device)
-    return final.recipe, final.data, final.model, final.shipped
-
-
-def _rebuild_path(final: Path, payload: dict[str, Any]) -> Path:
-    """Where the recipe's factories are imported from when rebuilding ``final``: the recipe's
-    own folder while it still holds every module the run copied, else the run folder's copies
-    (``RUN_DIR/code``), so a run folder stays usable after the project moves."""
-    original = Path(payload["recipe_path"])
-    code = final.parent / "code"
-    if code.is_dir():
-        copies = [p.relative_to(code) for p in code.rglob("*.py")]
-        if not all((original.parent / rel).is_file() for rel in copies):
-            return code / original.name
-    return original
-
-
 def _size(trainer: Trainer, run: RunDir, dense: nn.Module) -> dict[str, Any]:
     """Paper-convention size ratio, storage-honest bytes (and the compact file), params, MACs."""
     from ..export import layer_costs, save_compact
@@ -290,63 +216,6 @@ def _merged(model: nn.Module, recipe: Recipe, data: Data) -> nn.Module:
     merged = build_model(recipe, data).to(device)  # factorized models are never pruned
     merged.load_state_dict(merged_state_dict(plain))
     return merged.eval()
-
-
-def evaluate_pair(
-    recipe: Recipe,
-    data: Data,
-    models: dict[str, nn.Module],
-    preset: str,
-    device: torch.device,
-    progress: bool = False,
-    timings: dict[str, float] | None = None,
-) -> dict[str, Any]:
-    """Honest evaluation (:func:`atmc_plugin.evaluate`) of each model on the test split;
-    each model's evaluation seconds go into ``timings`` when given."""
-    timings = {} if timings is None else timings
-    from ..robustness import evaluate
-
-    n = recipe.eval_limit or len(data.y_test)
-    x, y = data.x_test[:n].to(device), data.y_test[:n].to(device)
-    out = {}
-    for name, model in models.items():
-        started = time.perf_counter()
-        report = evaluate(
-            model,
-            (x, y),
-            eps=recipe.eps,
-            preset=preset,
-            progress=progress,
-            on_progress=_eval_logger(name),
-        )
-        seconds = time.perf_counter() - started
-        log.info("%s: %s (%.0f s)", name, report, seconds)
-        out[name] = report.to_dict()
-        timings[name] = seconds
-    return out
-
-
-def _eval_logger(name: str) -> Any:
-    """One log line per attack and batch: model, attack, points still robust, elapsed, ETA."""
-
-    def say(p: Any) -> None:
-        batches = f"/{p.batches}" if p.batches else ""
-        eta = f", about {p.eta:.0f} s left" if p.eta is not None else ""
-        log.info(
-            "evaluating %s: batch %d%s, %s (%d/%d): %d of %d points still robust, %.0f s%s",
-            name,
-            p.batch,
-            batches,
-            p.attack,
-            p.attack_index,
-            p.attacks,
-            p.robust,
-            p.points,
-            p.elapsed,
-            eta,
-        )
-
-    return say
 
 
 def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any]:

@@ -1,0 +1,72 @@
+"""The command's honest evaluation of the dense and compressed models, with progress in the log."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from .build import Data
+from .recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_pair(
+    recipe: Recipe,
+    data: Data,
+    models: dict[str, nn.Module],
+    preset: str,
+    device: torch.device,
+    progress: bool = False,
+    timings: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Honest evaluation (:func:`atmc_plugin.evaluate`) of each model on the test split;
+    each model's evaluation seconds go into ``timings`` when given."""
+    timings = {} if timings is None else timings
+    from ..robustness import evaluate
+
+    n = recipe.eval_limit or len(data.y_test)
+    x, y = data.x_test[:n].to(device), data.y_test[:n].to(device)
+    out = {}
+    for name, model in models.items():
+        started = time.perf_counter()
+        report = evaluate(
+            model,
+            (x, y),
+            eps=recipe.eps,
+            preset=preset,
+            progress=progress,
+            on_progress=_eval_logger(name),
+        )
+        seconds = time.perf_counter() - started
+        log.info("%s: %s (%.0f s)", name, report, seconds)
+        out[name] = report.to_dict()
+        timings[name] = seconds
+    return out
+
+
+def _eval_logger(name: str) -> Any:
+    """One log line per attack and batch: model, attack, points still robust, elapsed, ETA."""
+
+    def say(p: Any) -> None:
+        batches = f"/{p.batches}" if p.batches else ""
+        eta = f", about {p.eta:.0f} s left" if p.eta is not None else ""
+        log.info(
+            "evaluating %s: batch %d%s, %s (%d/%d): %d of %d points still robust, %.0f s%s",
+            name,
+            p.batch,
+            batches,
+            p.attack,
+            p.attack_index,
+            p.attacks,
+            p.robust,
+            p.points,
+            p.elapsed,
+            eta,
+        )
+
+    return say
