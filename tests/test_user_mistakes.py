@@ -219,3 +219,19 @@ def test_a_run_folder_survives_the_project_moving(tmp_path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["clean"] == results["evaluation"]["compressed"]["clean"]
+
+
+def test_resuming_from_other_starting_weights_is_refused(tmp_path) -> None:
+    from atmc_plugin.app.rundir import load_checkpoint
+    from atmc_plugin.errors import InputError
+
+    _trained_weights(tmp_path / "mine.pt")
+    recipe = _digits_recipe(tmp_path, model="weights = 'mine.pt'\n")
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out), "--no-progress"]) == 0
+    load_checkpoint(out / "checkpoints" / "last.pt", load_recipe(recipe))  # same weights: fine
+    state = torch.load(tmp_path / "mine.pt", weights_only=True)
+    state["fc.bias"] = state["fc.bias"] + 1  # the file changes, the recipe text does not
+    torch.save(state, tmp_path / "mine.pt")
+    with pytest.raises(InputError, match="different recipe"):
+        load_checkpoint(out / "checkpoints" / "last.pt", load_recipe(recipe))

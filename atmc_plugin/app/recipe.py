@@ -29,6 +29,7 @@ Sections (all but ``[model]`` optional)::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -135,9 +136,27 @@ class Recipe:
 
     @property
     def digest(self) -> str:
-        """Hash of the recipe's content: a checkpoint from another recipe is refused."""
-        text = json.dumps(self.raw, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """Hash of the recipe's content (and of the ``[model] weights`` file it starts from):
+        a checkpoint from another recipe, or from other starting weights, is refused."""
+        return _digest(json.dumps(self.raw, sort_keys=True, default=str), self.model_weights)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, cached per (path, size, mtime): checkpoints ask for the digest often."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _digest(text: str, weights: Path | None) -> str:
+    h = hashlib.sha256(text.encode())
+    if weights is not None and weights.is_file():
+        stat = weights.stat()
+        h.update(_file_sha256(weights.resolve(), stat.st_size, stat.st_mtime_ns).encode())
+    return h.hexdigest()[:16]
 
 
 class _Section:
