@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import ATMCError, InputError
+from .errors import ATMCError, InputError, describe
 from .io import replace_atomically, write_text_atomically
 from .modes import preserved_modes
 
@@ -190,7 +190,8 @@ def compare(
     return diff, agreement
 
 
-def _first_argument(model: nn.Module) -> str:
+def first_argument(model: nn.Module) -> str:
+    """The name of ``model.forward``'s first input (the key of ``dynamic_shapes``)."""
     forward = model.forward
     params = [p for p in inspect.signature(forward).parameters.values() if p.name != "self"]
     if not params:
@@ -206,7 +207,7 @@ def _exported_program(
     # two examples: export specializes a dimension of size 1, and the program keeps its
     # example inputs (a large batch would bloat the file)
     pair = check_batches(example, [2])[0]
-    dims = {_first_argument(model): {0: torch.export.Dim("batch")}}
+    dims = {first_argument(model): {0: torch.export.Dim("batch")}}
     try:
         program = torch.export.export(model, (pair,), dynamic_shapes=dims)
         module = program.module()
@@ -215,14 +216,14 @@ def _exported_program(
                 module(x)
         return program, True, ""
     except Exception as exc:  # torch.export and the guards raise many types
-        reason = f"batch frozen at {example.shape[0]}: {str(exc).splitlines()[0][:200]}"
+        reason = f"batch frozen at {example.shape[0]}: {describe(exc, 200)}"
     fixed = check_batches(example, [example.shape[0]])[0]
     try:
         return torch.export.export(model, (fixed,)), False, reason
     except Exception as exc:
         raise ATMCError(
             f"{type(model).__name__} cannot be exported with torch.export "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); a model without "
+            f"({describe(exc)}); a model without "
             "data-dependent control flow is needed (https://pytorch.org/docs/stable/export.html)."
         ) from exc
 
@@ -267,8 +268,7 @@ def _export_checked(
             raise
         except Exception as exc:  # the exporters and the runtimes raise many types
             raise ATMCError(
-                f"{fmt} export of {name} failed ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); nothing was written."
+                f"{fmt} export of {name} failed ({describe(exc)}); nothing was written."
             ) from exc
     diff, agreement = result["cmp"]
     return Artifact(

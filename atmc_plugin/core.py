@@ -95,7 +95,7 @@ class ATMC:
         self.total_steps = _check_total_steps(total_steps)
         self._budget_floor: int | None = None
         self._floor_reason = ""
-        self._warned: set[str] = set()
+        self._mode_warned = False
         projection = self.plugin_manager.hook.atmc_build_projection(config=constraint)
         if projection is None:
             raise PluginError("no installed plugin builds a projection for this constraint.")
@@ -298,12 +298,12 @@ class ATMC:
 
     def _check_training_mode(self) -> None:
         """Warn once when a step trains a model left in eval mode with BatchNorm layers."""
-        if "mode" in self._warned or self.module.training or not self._batch_norms:
+        if self._mode_warned or self.module.training or not self._batch_norms:
             return
         frozen = [m for m in self._batch_norms if not m.training]
         if not frozen:
             return
-        self._warned.add("mode")
+        self._mode_warned = True
         warnings.warn(
             f"optimizer.step() on a model in eval mode: {len(frozen)} of its BatchNorm layers "
             "normalize with running statistics and never update them, so the weights train "

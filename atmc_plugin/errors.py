@@ -26,6 +26,13 @@ class PluginError(ATMCError, LookupError):
     """No installed plugin can provide what was asked for (attack, projection, adapter)."""
 
 
+def describe(exc: BaseException, limit: int = 300) -> str:
+    """``"TypeName: first line of the message"`` (cut at ``limit``), for one-line reports of an
+    error raised inside a tool."""
+    text = str(exc).splitlines()[0][:limit] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"
+
+
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
     """``" Did you mean 'x'?"`` for the closest of ``choices``; ``""`` if none is close."""
     matches = difflib.get_close_matches(str(value).lower(), sorted(choices), n=1, cutoff=0.5)

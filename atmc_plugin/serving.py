@@ -18,14 +18,15 @@ from __future__ import annotations
 import importlib
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .artifacts import INT8_LOAD_HINT, Artifact, check_batches
-from .errors import InputError
+from .errors import InputError, describe
 
 REPEATS = 30
 
@@ -43,9 +44,15 @@ def median_call_seconds(call: Callable[[Any], Any], batch: Any, repeats: int = R
     return sorted(samples)[len(samples) // 2]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0][:300] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"
+@contextmanager
+def deployment_compile() -> Iterator[None]:
+    """``torch.compile`` as deployed: inductor with ``freezing=True`` (PT2E int8 graphs then run
+    oneDNN int8 kernels), without inductor's own warning about copying zero points."""
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(freezing=True), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
+        yield
 
 
 def time_artifact(
@@ -101,18 +108,15 @@ def time_artifact(
 def _time_compiled(
     module: torch.nn.Module, inputs: Sequence[Tensor], repeats: int, out: dict[str, Any]
 ) -> None:
-    import torch._inductor.config as inductor_config
-
-    with inductor_config.patch(freezing=True), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
+    with deployment_compile():
         try:
             fast = torch.compile(module)
         except Exception as exc:  # inductor fails in many ways (no compiler, unsupported op)
-            out["errors"]["compile"] = _first_line(exc)
+            out["errors"]["compile"] = describe(exc)
             return
         for x in inputs:
             size = int(x.shape[0])
             try:
                 out["compiled"][size] = 1e3 * median_call_seconds(fast, x, repeats)
             except Exception as exc:
-                out["errors"][f"compiled@{size}"] = _first_line(exc)
+                out["errors"][f"compiled@{size}"] = describe(exc)

@@ -24,6 +24,7 @@ from torch import Tensor, fx, nn
 
 from atmc_plugin import ATMCConfig, AttackConfig, ConfigError, InputError
 from atmc_plugin.adversary import Adversary
+from atmc_plugin.artifacts import check_batches, first_argument
 from atmc_plugin.errors import did_you_mean
 from atmc_plugin.plugins import default_plugin_manager
 
@@ -63,11 +64,11 @@ def quantize_static_int8(
         raise InputError(f"adversarial_fraction = {adversarial_fraction} must lie in [0, 1].")
     attack = _attack_config(attack)
     fp32 = copy.deepcopy(model).eval()
-    name = _first_argument(fp32)
+    name = first_argument(fp32)
     if example_inputs.shape[0] == 1:
         # torch.export specializes a dimension of size 1: a one-example batch would freeze the
         # batch size at 1. Two copies of it trace the same graph with the batch left dynamic.
-        example_inputs = example_inputs.expand(2, *example_inputs.shape[1:]).contiguous()
+        example_inputs = check_batches(example_inputs, [2])[0]
     try:
         exported = export(
             copy.deepcopy(fp32),
@@ -145,15 +146,6 @@ def static_config_from_dict(settings: dict[str, Any]) -> Any:
                 f"{', '.join(map(repr, STATIC_CHOICES[key]))}."
             )
     return StaticQuantConfig(**settings)
-
-
-def _first_argument(model: nn.Module) -> str:
-    import inspect
-
-    params = list(inspect.signature(model.forward).parameters)
-    if not params:
-        raise InputError(f"{type(model).__name__}.forward takes no input to quantize.")
-    return params[0]
 
 
 def straight_through_copy(graph_module: fx.GraphModule) -> fx.GraphModule:

@@ -157,7 +157,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.eps is not None:
         recipe = dataclasses.replace(recipe, eps=args.eps)
     progress = sys.stderr.isatty()
-    out = evaluate_pair(recipe, data, {"compressed": shipped}, args.preset, device, progress)
+    out, _seconds = evaluate_pair(
+        recipe, data, {"compressed": shipped}, args.preset, device, progress
+    )
     _say(json.dumps(out["compressed"], indent=1))
     return 0
 
@@ -235,6 +237,8 @@ def _kept(args: argparse.Namespace, transient: bool = True) -> str:
     ``--resume`` is suggested only for ``transient`` causes (a signal, an I/O error): an error
     of the recipe, the data or the code would happen again on resume.
     """
+    from .rundir import RunDir
+
     if args.command == "export":
         return (
             "the files already written are complete and checked (manifest.json lists them); "
@@ -248,7 +252,7 @@ def _kept(args: argparse.Namespace, transient: bool = True) -> str:
             f"the run folder {out} keeps its last completed epoch; continue with "
             f"`atmc run {args.recipe} --out {out} --resume`"
         )
-    dense = Path(out) / "checkpoints" / "dense.pt"
+    dense = RunDir(Path(out)).dense
     reuse = (
         f"; to keep the pre-training after you fix the recipe, start a new run with "
         f"[model] weights = {str(dense)!r} and pretrain_epochs = 0"

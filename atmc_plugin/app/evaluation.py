@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..robustness import EvalProgress
 from .build import Data
 from .recipe import Recipe
 
@@ -22,16 +24,14 @@ def evaluate_pair(
     preset: str,
     device: torch.device,
     progress: bool = False,
-    timings: dict[str, float] | None = None,
-) -> dict[str, Any]:
-    """Honest evaluation (:func:`atmc_plugin.evaluate`) of each model on the test split;
-    each model's evaluation seconds go into ``timings`` when given."""
-    timings = {} if timings is None else timings
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Honest evaluation (:func:`atmc_plugin.evaluate`) of each model on the test split:
+    ``({name: report dict}, {name: seconds it took})``."""
     from ..robustness import evaluate
 
     n = recipe.eval_limit or len(data.y_test)
     x, y = data.x_test[:n].to(device), data.y_test[:n].to(device)
-    out = {}
+    out, timings = {}, {}
     for name, model in models.items():
         started = time.perf_counter()
         report = evaluate(
@@ -46,13 +46,13 @@ def evaluate_pair(
         log.info("%s: %s (%.0f s)", name, report, seconds)
         out[name] = report.to_dict()
         timings[name] = seconds
-    return out
+    return out, timings
 
 
-def _eval_logger(name: str) -> Any:
+def _eval_logger(name: str) -> Callable[[EvalProgress], None]:
     """One log line per attack and batch: model, attack, points still robust, elapsed, ETA."""
 
-    def say(p: Any) -> None:
+    def say(p: EvalProgress) -> None:
         batches = f"/{p.batches}" if p.batches else ""
         eta = f", about {p.eta:.0f} s left" if p.eta is not None else ""
         log.info(

@@ -113,7 +113,7 @@ def export_run(
     generic = [f for f in formats if f in FORMATS]
     records = write_artifacts(models, example, folder, generic, batches, latency=latency)
     target = folder / f"shipped.{native}"
-    if native is not None and native in formats and isinstance(ship, NativeFormatBackend):
+    if native in formats and isinstance(ship, NativeFormatBackend):
         listed = _listed(folder)
         if str(target) in listed:
             records.append(listed[str(target)])

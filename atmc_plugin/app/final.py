@@ -15,7 +15,7 @@ from ..errors import ATMCError, InputError
 from .backends import Tools, resolve_tools
 from .build import Data, build_model
 from .recipe import Recipe
-from .rundir import read_tagged
+from .rundir import RunDir, read_tagged
 from .runner import train_batches
 
 FINAL_FORMAT = "atmc-run-final"
@@ -87,7 +87,7 @@ def _rebuild_path(final: Path, payload: dict[str, Any]) -> Path:
     own folder while it still holds every module the run copied, else the run folder's copies
     (``RUN_DIR/code``), so a run folder stays usable after the project moves."""
     original = Path(payload["recipe_path"])
-    code = final.parent / "code"
+    code = RunDir(final.parent).code
     if code.is_dir():
         copies = [p.relative_to(code) for p in code.rglob("*.py")]
         if not all((original.parent / rel).is_file() for rel in copies):

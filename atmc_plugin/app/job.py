@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adversary import unwrap_model
-from ..errors import ATMCError, InputError
+from ..adversary import model_device, unwrap_model
+from ..errors import ATMCError, InputError, describe
 from . import latency
 from .build import Data, build_model, check_recipe, resolve_device
 from .evaluation import evaluate_pair
@@ -230,15 +230,13 @@ def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any
     dense.load_state_dict(load_checkpoint(run.dense, recipe)["model"])
     dense.eval()
     models = {"dense": dense, "compressed": shipped}
-    timings: dict[str, float] = {}
+    evaluation, seconds = evaluate_pair(recipe, data, models, recipe.preset, dev, trainer.progress)
     results: dict[str, Any] = {
         "recipe": recipe.name,
         "train_seconds": train_seconds,
         "int8": shipped is not unwrap_model(trainer.model),
-        "evaluation": evaluate_pair(
-            recipe, data, models, recipe.preset, dev, trainer.progress, timings
-        ),
-        "evaluation_seconds": timings,
+        "evaluation": evaluation,
+        "evaluation_seconds": seconds,
         "size": _size(trainer, run, dense),
     }
     batch = data.x_test[: recipe.latency_batch].to(dev)
@@ -248,7 +246,7 @@ def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any
     results["latency_eager_ms"] = measured["eager"]
     results["latency_compile_error"] = measured["compile_error"]
     results["latency_batch"] = len(batch)
-    results["devices"] = {name: _device_of(m, dev) for name, m in models.items()}
+    results["devices"] = {name: str(model_device(m)) for name, m in models.items()}
     results["artifacts"] = _artifacts(trainer, run, shipped)
     final = {
         "format": FINAL_FORMAT,
@@ -262,13 +260,6 @@ def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any
     run.write_json(run.results, results)
     run.log_metrics({"kind": "final", **_headline(results)})
     return results
-
-
-def _device_of(model: nn.Module, default: torch.device) -> str:
-    """Where ``model`` runs: its parameters' or buffers' device."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return str(tensor.device)
-    return str(default)
 
 
 def _artifacts(trainer: Trainer, run: RunDir, shipped: nn.Module) -> dict[str, Any]:
@@ -299,9 +290,8 @@ def _artifacts(trainer: Trainer, run: RunDir, shipped: nn.Module) -> dict[str, A
             compiled=recipe.compiled_latency,
         )
     except Exception as exc:  # the files are extra: any failure is said, the run stands
-        first = str(exc).splitlines()[0][:300] if str(exc) else ""
-        log.warning("the pt2 files could not be written: %s: %s", type(exc).__name__, first)
-        return {"error": f"{type(exc).__name__}: {first}"}
+        log.warning("the pt2 files could not be written: %s", describe(exc))
+        return {"error": describe(exc)}
     return {"files": [asdict(r) for r in records], "batches": batches}
 
 

@@ -15,10 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from ..modes import preserved_modes
-from ..serving import median_call_seconds
+from ..serving import REPEATS, deployment_compile, median_call_seconds
 
 log = logging.getLogger(__name__)
-REPEATS = 30
 
 
 def median_seconds(model: nn.Module, batch: Tensor, repeats: int = REPEATS) -> float:
@@ -34,13 +33,7 @@ def median_seconds(model: nn.Module, batch: Tensor, repeats: int = REPEATS) -> f
 def compiled_seconds(model: nn.Module, batch: Tensor) -> float:
     """Median seconds of ``torch.compile(model)`` with inductor ``freezing`` (compilation runs
     in the warm-up passes and is not timed)."""
-    import warnings
-
-    import torch._inductor.config as inductor_config
-
-    with inductor_config.patch(freezing=True), torch.no_grad(), warnings.catch_warnings():
-        # inductor's oneDNN lowering copies zero points with torch.tensor(tensor): not ours
-        warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
+    with deployment_compile(), torch.no_grad():
         compiled = cast(nn.Module, torch.compile(model))
         return median_seconds(compiled, batch)
 
