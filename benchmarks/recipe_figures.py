@@ -154,6 +154,7 @@ EXAMPLES: dict[str, list[list[str]]] = {
 def run_example(name: str, threads: int) -> dict[str, Any]:
     """Run one Python example (each of its argument lists) and keep its Markdown table."""
     table: list[str] = []
+    facts: list[str] = []
     wall: list[float] = []
     for extra in EXAMPLES[name]:
         started = time.perf_counter()
@@ -167,11 +168,14 @@ def run_example(name: str, threads: int) -> dict[str, Any]:
         wall.append(time.perf_counter() - started)
         if done.returncode != 0:
             raise SystemExit(f"{name} {extra} failed:\n{done.stderr[-3000:]}")
-        rows = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("|")]
+        lines = (done.stdout + done.stderr).splitlines()
+        rows = [line for line in lines if line.startswith("|")]
         table += rows if not table else rows[2:]  # one header for the merged table
+        facts += [line for line in lines if line.startswith("- ")]  # facts under the table
     return {
         "example": name,
         "table": table,
+        "facts": facts,
         "wall_seconds": wall,
         "threads": threads,
         "date": datetime.date.today().isoformat(),
@@ -180,10 +184,12 @@ def run_example(name: str, threads: int) -> dict[str, Any]:
 
 def example_text(row: dict[str, Any]) -> str:
     runs = " and ".join(f"{w:.0f} s" for w in row["wall_seconds"])
+    facts = row.get("facts") or []
     return "\n".join(
         [
             *row["table"],
             "",
+            *([*facts, ""] if facts else []),
             f"One run each, seed 0, OMP_NUM_THREADS={row['threads']}, {runs} wall "
             f"({row['date']}; `python benchmarks/recipe_figures.py --examples {row['example']}`).",
         ]
