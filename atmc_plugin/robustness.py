@@ -191,6 +191,13 @@ class EvalProgress:
     robust: int
     elapsed: float
 
+    def summary(self) -> str:
+        """``"apgd-t (3/5): 301/360 robust"``: the attack that just ran and the count so far."""
+        return (
+            f"{self.attack} ({self.attack_index}/{self.attacks}): "
+            f"{self.robust}/{self.points} robust"
+        )
+
     @property
     def eta(self) -> float | None:
         """Seconds left, from the share of the work done (``None`` when unknown)."""
@@ -219,6 +226,7 @@ def evaluate(
     plugin_manager: Any = None,
     cascade: bool = False,
     on_progress: Callable[[EvalProgress], None] | None = None,
+    label: str = "evaluate",
 ) -> RobustnessReport:
     """Clean and robust accuracy of ``model`` under l_inf attacks of radius ``eps``.
 
@@ -233,6 +241,7 @@ def evaluate(
         worst case, much cheaper on weak models; ``per_attack`` becomes cumulative).
     :param on_progress: called with an :class:`EvalProgress` after each attack on each batch
         (the ``atmc`` command logs one line per attack from it).
+    :param label: the progress bar's name for the model (with ``progress``).
     """
     if preset not in PRESETS:
         raise ConfigError(f"preset = {preset!r}: choose one of {', '.join(PRESETS)}.")
@@ -262,10 +271,13 @@ def evaluate(
     with torch.random.fork_rng(devices=devices), preserved_modes(model, target):
         _to_eval(target)
         batches = _batches(data, batch_size)
+        bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, desc=f"evaluate eps={eps:g}", unit="batch")
+            batches = bar = tqdm(
+                batches, desc=f"{label} eps={eps:g}", unit="batch", total=n_batches
+            )
         for index, batch in enumerate(batches, start=1):
             x, y = _check_batch(batch, total)
             x, y = x.to(model_device(target)), y.to(model_device(target))
@@ -310,19 +322,20 @@ def evaluate(
                 else:
                     gradient_fooled |= clean & ~ok
                 robust &= ok
+                state = EvalProgress(
+                    attack=name,
+                    attack_index=position,
+                    attacks=len(attacks),
+                    batch=index,
+                    batches=n_batches,
+                    points=total,
+                    robust=worst + int(robust.sum()),
+                    elapsed=time.perf_counter() - started,
+                )
+                if bar is not None:
+                    bar.set_postfix_str(state.summary())
                 if on_progress is not None:
-                    on_progress(
-                        EvalProgress(
-                            attack=name,
-                            attack_index=position,
-                            attacks=len(attacks),
-                            batch=index,
-                            batches=n_batches,
-                            points=total,
-                            robust=worst + int(robust.sum()),
-                            elapsed=time.perf_counter() - started,
-                        )
-                    )
+                    on_progress(state)
             worst += int(robust.sum())
             if sanity and len(grad_samples) < 1:
                 grad_samples.append(_input_gradients(target, x[:64], y[:64]))

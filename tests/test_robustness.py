@@ -47,6 +47,24 @@ def test_progress_is_reported_after_each_attack_on_each_batch(tiny_model) -> Non
     assert events[-1].eta == 0.0 and events[0].eta is not None
 
 
+def test_the_progress_bar_names_the_model_the_attack_and_the_count(tiny_model, capsys) -> None:
+    x, y = _data()
+    tiny_model.eval()
+    events = []
+    evaluate(
+        tiny_model,
+        (x, y),
+        eps=0.1,
+        batch_size=10,
+        progress=True,
+        label="compressed",
+        on_progress=events.append,
+    )
+    bar = capsys.readouterr().err
+    assert "compressed eps=0.1" in bar and "3/3" in bar
+    assert events[-1].summary() in bar  # "pgd20x2 (1/1): r/24 robust"
+
+
 def test_standard_preset_runs_the_ensemble(tiny_model) -> None:
     x, y = _data(8)
     tiny_model.eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -34,19 +35,30 @@ def evaluate_pair(
     out, timings = {}, {}
     for name, model in models.items():
         started = time.perf_counter()
-        report = evaluate(
-            model,
-            (x, y),
-            eps=recipe.eps,
-            preset=preset,
-            progress=progress,
-            on_progress=_eval_logger(name),
-        )
+        with _bar_keeps_the_bottom_line(progress):
+            report = evaluate(
+                model,
+                (x, y),
+                eps=recipe.eps,
+                preset=preset,
+                progress=progress,
+                on_progress=_eval_logger(name),
+                label=name,
+            )
         seconds = time.perf_counter() - started
         log.info("%s: %s (%.0f s)", name, report, seconds)
         out[name] = report.to_dict()
         timings[name] = seconds
     return out, timings
+
+
+def _bar_keeps_the_bottom_line(progress: bool) -> contextlib.AbstractContextManager[Any]:
+    """On a terminal, log lines are written above the progress bar instead of through it."""
+    if not progress:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm()
 
 
 def _eval_logger(name: str) -> Callable[[EvalProgress], None]:
@@ -56,15 +68,11 @@ def _eval_logger(name: str) -> Callable[[EvalProgress], None]:
         batches = f"/{p.batches}" if p.batches else ""
         eta = f", about {p.eta:.0f} s left" if p.eta is not None else ""
         log.info(
-            "evaluating %s: batch %d%s, %s (%d/%d): %d of %d points still robust, %.0f s%s",
+            "evaluating %s: batch %d%s, %s, %.0f s%s",
             name,
             p.batch,
             batches,
-            p.attack,
-            p.attack_index,
-            p.attacks,
-            p.robust,
-            p.points,
+            p.summary(),
             p.elapsed,
             eta,
         )
