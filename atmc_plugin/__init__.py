@@ -15,10 +15,12 @@ from .errors import (
     ATMCError,
     ConfigError,
     InputError,
+    OverfitWarning,
     PluginError,
     ScheduleWarning,
     TrainingModeWarning,
 )
+from .guard import GuardConfig, GuardEvent, OverfitGuard
 from .plugins import ENTRY_POINT_GROUP, default_plugin_manager, get_plugin_manager, hookimpl
 from .report import CompressionReport
 from .robustness import RobustnessReport, RobustnessWarning, evaluate
@@ -39,7 +41,11 @@ __all__ = [
     "CompressionReport",
     "ConfigError",
     "ConstraintConfig",
+    "GuardConfig",
+    "GuardEvent",
     "InputError",
+    "OverfitGuard",
+    "OverfitWarning",
     "PluginError",
     "RobustnessReport",
     "RobustnessWarning",

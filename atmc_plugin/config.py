@@ -35,6 +35,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 CONFIG_VERSION = 1
 
 TRAINING_ATTACKS = ("pgd", "fgsm", "ffgsm", "nfgsm", "tpgd")
+SINGLE_STEP_ATTACKS = ("fgsm", "ffgsm", "nfgsm")
+"""One forward-backward pass per example: cheap, and watched by the overfitting guard."""
 EVALUATION_ONLY_ATTACKS = ("apgd", "apgdt", "fab", "square", "autoattack")
 QUANTIZERS = ("codebook", "int")
 GRANULARITIES = ("tensor", "channel", "group")

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import warnings
 from collections.abc import Mapping
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .adversary import Adversary, unwrap_model
-from .config import ATMCConfig
+from .config import ATMCConfig, AttackConfig
 from .engine.admm import ADMMState
 from .engine.allocation import scheduled_budget
 from .engine.factorize import FACTOR_NAMES, factorize, is_factorized
@@ -266,6 +267,15 @@ class ATMC:
         if self.adversary is None:
             return x
         return self.adversary(x, y)
+
+    def set_attack(self, attack: AttackConfig | None) -> None:
+        """Train on ``attack`` from the next :meth:`perturb` on (``None``: no attack); the
+        overfitting guard's switch to PGD. The config's other sections are kept."""
+        if attack is not None and not isinstance(attack, AttackConfig):
+            raise ConfigError(f"attack must be an AttackConfig or None, got {attack!r}.")
+        adversary = Adversary(self.model, attack, self.plugin_manager) if attack else None
+        self.config = dataclasses.replace(self.config, attack=attack)
+        self.adversary = adversary
 
     def penalty(self) -> Tensor:
         """ADMM term ``rho / 2 * sum ||W - Z + U||^2`` to add to the loss (0 when unused)."""

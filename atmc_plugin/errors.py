@@ -44,5 +44,10 @@ class ScheduleWarning(UserWarning):
     or ``finalize()`` had to jump to the target in one projection."""
 
 
+class OverfitWarning(UserWarning):
+    """Single-step adversarial training overfitted catastrophically (PGD accuracy collapsed);
+    the guard restored the last good state and switched to a multi-step attack."""
+
+
 class TrainingModeWarning(UserWarning):
     """Training steps run on a model whose BatchNorm layers are in eval mode."""

@@ -72,6 +72,16 @@ class Context:
         dist.all_reduce(flag)
         return float(flag) == 0.0
 
+    def mean(self, values: list[float]) -> list[float]:
+        """``values`` averaged over the ranks (one all-reduce; themselves in one process)."""
+        if not self.distributed:
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
+        if dist.get_backend() == "nccl":
+            t = t.cuda()
+        dist.all_reduce(t)
+        return [float(v) / self.world_size for v in t.cpu()]
+
     def check_identical(self, model: nn.Module) -> None:
         """Raise when the ranks' weights differ (DDP keeps them equal; pruning must agree).
 

@@ -237,6 +237,7 @@ def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any
         "int8": shipped is not unwrap_model(trainer.model),
         "evaluation": evaluation,
         "evaluation_seconds": seconds,
+        "guard": trainer.guard.summary(),
         "size": _size(trainer, run, dense),
     }
     batch = data.x_test[: recipe.latency_batch].to(dev)

@@ -19,11 +19,15 @@ Sections (all but ``[model]`` optional)::
              run's checkpoints/dense.pt); pretrain_epochs then defaults to 0
     [train]  pretrain_epochs, compress_epochs, finetune_epochs, lr, momentum, weight_decay,
              clean_weight, optimizer ("sgd" | "adamw"), schedule ("cosine" | "step" |
-             "constant")
+             "constant"), precision ("fp32" | "bf16" | "fp16")
     [torch_pruning]  pruner, importance, pruning_ratio, iterative_steps, ignored_layers, ...
     [inc]    INC's dict form: atmc = {...} (compress through INC), and static = {...} (ship
              static int8) or rtn = {...} (ship weight-only RTN)
     [atmc]   attack, constraint, admm (see ATMCConfig)
+    [guard]  the catastrophic-overfitting guard of single-step attacks: enabled ("auto" |
+             "on" | "off"), points, every, pgd_steps, drop, min_drop, gap, keep,
+             fallback_steps
+             (see atmc_plugin.guard)
     [eval]   preset ("quick" | "standard"), eps, limit, latency_batch, compiled_latency
 """
 
@@ -40,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ATMCConfig
+from ..guard import GuardConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -67,6 +72,7 @@ INC_ALGORITHMS = ("static", "atmc", "rtn")
 OPTIMIZERS = ("sgd", "adamw")
 AUGMENTATIONS = ("none", "shift", "flip_shift")
 SCHEDULES = ("cosine", "step", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class RecipeError(ConfigError):
@@ -79,6 +85,9 @@ class TrainSpec:
 
     ``optimizer``: ``"sgd"`` (with ``momentum``) or ``"adamw"``; ``schedule`` per stage:
     ``"cosine"`` to 0, ``"step"`` (x0.1 after each third of the stage) or ``"constant"``.
+    ``precision``: ``"fp32"``, or autocast to ``"bf16"`` / ``"fp16"`` (with a gradient scaler)
+    for the forward passes and the attack; weights, optimizer, ATMC's projections and ADMM
+    state stay fp32 (:mod:`atmc_plugin.app.precision`).
     """
 
     pretrain_epochs: int = 10
@@ -90,6 +99,7 @@ class TrainSpec:
     clean_weight: float = 0.5
     optimizer: str = "sgd"
     schedule: str = "cosine"
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,7 @@ class Recipe:
     data_args: dict[str, Any]
     train: TrainSpec
     atmc: ATMCConfig
+    guard: GuardConfig
     torch_pruning: dict[str, Any] | None
     inc: dict[str, Any] | None
     preset: str
@@ -233,7 +244,7 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
     """Validate the parsed form of a recipe (``path`` is used in messages and for ``data.path``)."""
-    sections = ("run", "data", "model", "train", "torch_pruning", "inc", "atmc", "eval")
+    sections = ("run", "data", "model", "train", "torch_pruning", "inc", "atmc", "guard", "eval")
     for key in raw:
         if key not in sections:
             raise RecipeError(
@@ -308,11 +319,16 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         clean_weight=train.number("clean_weight", TrainSpec.clean_weight, high=1.0),
         optimizer=train.choice("optimizer", TrainSpec.optimizer, OPTIMIZERS),
         schedule=train.choice("schedule", TrainSpec.schedule, SCHEDULES),
+        precision=train.choice("precision", TrainSpec.precision, PRECISIONS),
     )
     try:
         atmc = ATMCConfig.from_dict(raw.get("atmc", {}))
     except ConfigError as exc:
         raise RecipeError(f"{path}: [atmc] {exc}") from exc
+    try:
+        guard = GuardConfig.from_dict(raw.get("guard", {}))
+    except ConfigError as exc:
+        raise RecipeError(f"{path}: [guard] {exc}") from exc
     tp_section = _torch_pruning(path, raw.get("torch_pruning"), atmc)
     inc = _inc(path, raw.get("inc"), tp_section, atmc)
     default_eps = atmc.attack.eps if atmc.attack is not None else 8 / 255
@@ -337,6 +353,7 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         data_args=dict(data_args),
         train=spec,
         atmc=atmc,
+        guard=guard,
         torch_pruning=tp_section,
         inc=inc,
         preset=ev.choice("preset", "quick", PRESETS),

@@ -32,6 +32,8 @@ from ..core import ATMC
 from ..errors import ATMCError, InputError, ScheduleWarning
 from .backends import resolve_tools
 from .build import Data
+from .guarding import RunGuard
+from .precision import Precision, cuda_throughput
 from .recipe import Recipe
 from .rundir import RunDir
 
@@ -71,7 +73,15 @@ class Trainer:
         self.run_dir = run
         self.progress = progress
         self.model = model
-        self.train_set = data.train_set()
+        if ctx is None:
+            from .distributed import Context
+
+            ctx = Context()
+        self.ctx = ctx
+        self.guard = RunGuard(recipe, data, reduce=ctx.mean if ctx.distributed else None)
+        self.train_set = self.guard.training_part(data.train_set())
+        self.precision = Precision(recipe.train.precision, device)
+        self.channels_last = cuda_throughput(model, device)
         self.gen = torch.Generator().manual_seed(recipe.seed)
         self.metrics_count = 0
         self.atmc: ATMC | None = None  # the ATMC of the compress/finetune stages
@@ -82,11 +92,6 @@ class Trainer:
         self.perturb: Any = None
         self.penalty: Any = None
         self.history: list[dict[str, Any]] = []
-        if ctx is None:
-            from .distributed import Context
-
-            ctx = Context()
-        self.ctx = ctx
         self._ddp: tuple[tuple[int, ...], nn.Module] | None = None
 
     def forward_model(self) -> nn.Module:
@@ -163,6 +168,7 @@ class Trainer:
             dense = ATMC(self.model, ATMCConfig(attack=self.recipe.atmc.attack))
             self.perturb, self.penalty = dense.perturb, None
             self._optimizer("pretrain", epochs)
+            self._watch(stage, dense, restore)
         else:
             if stage == "compress" or restore is not None:
                 # A finetune restart rebuilds the compress tools, then loads their frozen state.
@@ -176,15 +182,39 @@ class Trainer:
             self._optimizer("finetune", epochs)
             atmc.attach(self._require_optimizer())
             self.perturb, self.penalty = atmc.perturb, None
+        if stage != "pretrain":
+            self._watch(stage, self._require_atmc(), restore)
         if restore is not None:
             self.model.load_state_dict(restore["model"])
             self._require_optimizer().load_state_dict(restore["optimizer"])
             self.scheduler.load_state_dict(restore["scheduler"])
+            self.precision.load_state_dict(restore.get("scaler", {}))
             torch.set_rng_state(restore["rng"]["torch"])
             self.gen.set_state(restore["rng"]["data"])
             if restore["rng"].get("cuda") is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state(restore["rng"]["cuda"])
             self.metrics_count = int(restore["metrics_count"])
+
+    def _watch(self, stage: str, atmc: ATMC, restore: dict[str, Any] | None) -> None:
+        """Start the overfitting guard on ``stage`` (its restore covers the model, the
+        optimizer and, after pre-training, the ATMC state; not Torch-Pruning's step count: a
+        state from before a structural step is not restored, see :mod:`atmc_plugin.guard`)."""
+        if atmc.config.attack is None:
+            return
+
+        def states() -> dict[str, Any]:
+            out: dict[str, Any] = {
+                "model": unwrap_model(self.model),
+                "optimizer": self._require_optimizer(),
+            }
+            if stage != "pretrain":
+                out["atmc"] = atmc
+            return out
+
+        per_epoch = -(-len(self.train_set) // self.recipe.batch_size)
+        self.guard.start(stage, atmc, per_epoch, states)
+        if restore is not None and "guard" in restore:
+            self.guard.load_state_dict(restore["guard"], atmc)
 
     def _require_atmc(self) -> ATMC:
         if self.atmc is None:
@@ -207,8 +237,9 @@ class Trainer:
         model, opt = self.forward_model(), self._require_optimizer()
         from .loader import augment, train_loader
 
+        cuda = self.device.type == "cuda"
         batches: Any = train_loader(
-            self.train_set, self.recipe.batch_size, self.gen, self.recipe.workers
+            self.train_set, self.recipe.batch_size, self.gen, self.recipe.workers, pin_memory=cuda
         )
         if self.progress:
             from tqdm.auto import tqdm
@@ -217,29 +248,37 @@ class Trainer:
         total = correct = adv_correct = 0
         loss_sum = 0.0
         for step, (x_cpu, y_cpu) in enumerate(batches):
-            x = augment(x_cpu.to(self.device), self.recipe.augment)
-            y = y_cpu.to(self.device)
+            x = augment(x_cpu.to(self.device, non_blocking=cuda), self.recipe.augment)
+            y = y_cpu.to(self.device, non_blocking=cuda)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             model.train()
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            if self.perturb is not None and self.recipe.atmc.attack is not None:
-                adv_logits = model(self.perturb(x, y))
-                loss = spec.clean_weight * loss + (1 - spec.clean_weight) * F.cross_entropy(
-                    adv_logits, y
-                )
-                adv_correct += int((adv_logits.argmax(1) == y).sum())
-            if self.penalty is not None:
+            with self.precision.autocast():  # the attack's passes too
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                if self.perturb is not None and self.recipe.atmc.attack is not None:
+                    adv_logits = model(self.perturb(x, y))
+                    loss = spec.clean_weight * loss + (1 - spec.clean_weight) * F.cross_entropy(
+                        adv_logits, y
+                    )
+                    adv_correct += int((adv_logits.argmax(1) == y).sum())
+            loss = loss.float()
+            if self.penalty is not None:  # ADMM's term in fp32, outside autocast
                 loss = loss + self.penalty()
             if not self.ctx.all_ok(bool(torch.isfinite(loss))):
                 raise self._diverged(stage, epoch, step, f"loss = {float(loss.detach())}")
             opt.zero_grad()
-            loss.backward()
+            self.precision.backward(loss)
             if stage == "compress":
+                self.precision.unscale(opt)  # the tool's regularizer reads true gradients
                 self.backend.before_step(self.model, loss)
             try:
-                opt.step()
+                self.precision.step(opt)
             except InputError as exc:  # ATMC refuses NaN/inf weights before projecting
                 raise self._diverged(stage, epoch, step, str(exc)) from exc
+            fired = self.guard.after_step(epoch)
+            if fired is not None:
+                self._record(fired)
             total += len(y)
             correct += int((logits.argmax(1) == y).sum())
             loss_sum += float(loss.detach()) * len(y)
@@ -319,6 +358,8 @@ class Trainer:
                 "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
             },
             "metrics_count": self.metrics_count,
+            "guard": self.guard.state_dict(),
+            "scaler": self.precision.state_dict(),
         }
         if self.atmc is not None:
             state["tools"] = self.backend.state_dict()
@@ -354,6 +395,7 @@ class Trainer:
                     "test_acc": self.test_accuracy(),
                     "test_robust": self.robust_accuracy(),
                     **self._validation(),
+                    **{f"guard_{k}": v for k, v in self.guard.last_check().items()},
                     "params": sum(p.numel() for p in self.model.parameters()),
                     "lr": self._require_optimizer().param_groups[0]["lr"],
                     "seconds": time.perf_counter() - started,
