@@ -133,6 +133,10 @@ def default_table(row: dict[str, Any]) -> str:
         cells = [label, _f(ev["clean"]), *(_f(ev["per_attack"][a]) for a in attacks)]
         cells += [_f(ev["robust"]), ratio, f"{p:,}", f"{m:,}"]
         lines.append("| " + " | ".join(cells) + " |")
+    if row["dense"].get("cascade"):
+        from atmc_plugin.app.report_md import CASCADE_NOTE
+
+        lines += ["", CASCADE_NOTE]
     lines += [
         "",
         f"Seed 0, one run, {row['machine']}, OMP_NUM_THREADS={row['threads']}, "

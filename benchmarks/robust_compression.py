@@ -100,6 +100,10 @@ METHODS = (
 )
 
 
+Watch = Callable[[Any, torch.optim.Optimizer], "Callable[[], Any] | None"]
+"""``watch(atmc, optimizer)``: what runs after each optimizer step (or ``None``)."""
+
+
 @dataclass
 class Setup:
     """Shared data and schedule of one benchmark run."""
@@ -125,8 +129,10 @@ def train(
     penalty: Callable[[], Tensor] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     seed: int = 0,
+    after_step: Callable[[], Any] | None = None,
 ) -> None:
-    """``epochs`` of SGD (cosine lr); adversarial when ``perturb`` is given, else clean."""
+    """``epochs`` of SGD (cosine lr); adversarial when ``perturb`` is given, else clean;
+    ``after_step`` after each optimizer step (the overfitting guard)."""
     x_tr, y_tr = setup.data[0], setup.data[1]
     opt = optimizer or torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     for group in opt.param_groups:
@@ -147,6 +153,8 @@ def train(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if after_step is not None:
+                after_step()
         sched.step()
 
 
@@ -307,14 +315,18 @@ def atmc_training(
     bits: int | None,
     factorize: bool,
     seed: int,
+    attack: AttackConfig = TRAIN_ATTACK,
+    watch: Watch | None = None,
     **constraint: Any,
 ) -> CompressionReport:
     """ATMC stage (``epochs - finetune``), hard projection, fixed-set adversarial fine-tuning.
 
-    ``constraint`` overrides defaults of :class:`ConstraintConfig` (none for the ATMC rows).
+    ``constraint`` overrides defaults of :class:`ConstraintConfig` (none for the ATMC rows);
+    ``attack`` is the training attack; ``watch(atmc, optimizer)`` returns what runs after each
+    optimizer step (fast_robust_compression.py's guard).
     """
     config = ATMCConfig(
-        attack=TRAIN_ATTACK,
+        attack=attack,
         constraint=ConstraintConfig(
             density=density, bits=bits, factorize=factorize, **{**RAMP, **constraint}
         ),
@@ -323,6 +335,7 @@ def atmc_training(
     atmc = ATMC(model, config, dense_numel=dense_numel(model))
     opt = torch.optim.SGD(model.parameters(), lr=setup.lr / 2, momentum=0.9)
     atmc.attach(opt)
+    step = watch(atmc, opt) if watch is not None else None
     stage = setup.epochs - setup.finetune
     train(
         model,
@@ -333,6 +346,7 @@ def atmc_training(
         penalty=atmc.penalty,
         optimizer=opt,
         seed=seed,
+        after_step=step,
     )
     atmc.finalize()
     train(
@@ -343,6 +357,7 @@ def atmc_training(
         perturb=atmc.perturb,
         optimizer=opt,
         seed=seed + 1,
+        after_step=step,
     )
     return atmc.report()
 
@@ -402,8 +417,16 @@ def tp_atmc_bits(ratio: float) -> int | None:
     return None
 
 
-def tp_with_atmc(model: nn.Module, setup: Setup, ratio: float, seed: int) -> CompressionReport:
-    """GroupNormPruner (channels 0.5, 2 steps) + ATMC through ``atmc_plugin.wrap``."""
+def tp_with_atmc(
+    model: nn.Module,
+    setup: Setup,
+    ratio: float,
+    seed: int,
+    attack: AttackConfig = TRAIN_ATTACK,
+    watch: Watch | None = None,
+) -> CompressionReport:
+    """GroupNormPruner (channels 0.5, 2 steps) + ATMC through ``atmc_plugin.wrap``
+    (``attack`` and ``watch`` as in :func:`atmc_training`)."""
     from atmc_plugin_adapters.torchpruning import ADMMProxyImportance
 
     bits = tp_atmc_bits(ratio)
@@ -417,15 +440,16 @@ def tp_with_atmc(model: nn.Module, setup: Setup, ratio: float, seed: int) -> Com
     )
     opt = torch.optim.SGD(model.parameters(), lr=setup.lr / 2, momentum=0.9, weight_decay=5e-4)
     config = ATMCConfig(
-        attack=TRAIN_ATTACK,
+        attack=attack,
         constraint=ConstraintConfig(density=ratio * 32 / (bits or 32), bits=bits, **RAMP),
         admm=ADMMConfig(rho=0.1, interval=10),
     )
     wrapped = atmc_plugin.wrap(pruner, config, optimizer=opt, example_inputs=setup.example)
+    step = watch(wrapped.atmc, opt) if watch is not None else None
     stage = setup.epochs - setup.finetune
-    for step in range(2):
+    for index in range(2):
         wrapped.step()
-        epochs = stage - stage // 2 if step else stage // 2
+        epochs = stage - stage // 2 if index else stage // 2
         train(
             model,
             setup,
@@ -434,7 +458,8 @@ def tp_with_atmc(model: nn.Module, setup: Setup, ratio: float, seed: int) -> Com
             perturb=wrapped.perturb,
             penalty=wrapped.penalty,
             optimizer=opt,
-            seed=seed + step,
+            seed=seed + index,
+            after_step=step,
         )
     wrapped.finalize()
     train(
@@ -445,6 +470,7 @@ def tp_with_atmc(model: nn.Module, setup: Setup, ratio: float, seed: int) -> Com
         perturb=wrapped.perturb,
         optimizer=opt,
         seed=seed + 2,
+        after_step=step,
     )
     return wrapped.report().elementwise
 

@@ -43,6 +43,7 @@ def evaluate_pair(
                 preset=preset,
                 progress=progress,
                 on_progress=_eval_logger(name),
+                cascade=recipe.cascade,
                 label=name,
             )
         seconds = time.perf_counter() - started

@@ -28,7 +28,9 @@ Sections (all but ``[model]`` optional)::
              "on" | "off"), points, every, pgd_steps, drop, min_drop, gap, keep,
              fallback_steps
              (see atmc_plugin.guard)
-    [eval]   preset ("quick" | "standard"), eps, limit, latency_batch, compiled_latency
+    [eval]   preset ("quick" | "standard"), eps, limit, latency_batch, compiled_latency,
+             cascade (default true: each attack only on the points still robust; the same
+             worst case, per-attack columns cumulative; false: every attack on every point)
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ class Recipe:
     eval_limit: int | None
     latency_batch: int
     compiled_latency: bool
+    cascade: bool
 
     @property
     def stages(self) -> tuple[tuple[str, int], ...]:
@@ -276,7 +279,7 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         path,
         "eval",
         raw.get("eval"),
-        ("preset", "eps", "limit", "latency_batch", "compiled_latency"),
+        ("preset", "eps", "limit", "latency_batch", "compiled_latency", "cascade"),
     )
 
     data_factory = data.string("factory", "") if "factory" in data.data else None
@@ -361,6 +364,7 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         eval_limit=ev.integer("limit", None, low=1),
         latency_batch=ev.integer("latency_batch", 256, low=1),
         compiled_latency=ev.boolean("compiled_latency", True),
+        cascade=ev.boolean("cascade", True),
     )
 
 

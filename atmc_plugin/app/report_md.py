@@ -23,6 +23,12 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+CASCADE_NOTE = (
+    "Attacks ran as a cascade: each only on the points every earlier one missed, so t"
+    "he per-attack columns are cumulative and the last one is the worst case."
+)
+
+
 def _evaluation_table(results: dict[str, Any]) -> list[str]:
     ev = results["evaluation"]
     attacks = list(ev["dense"]["per_attack"])
@@ -147,6 +153,7 @@ def render(run: RunDir, info: dict[str, Any], results: dict[str, Any]) -> str:
         "",
         *_evaluation_table(results),
         "",
+        *([CASCADE_NOTE, ""] if ev["dense"].get("cascade") else []),
         _latency_note(results),
         "",
         *_artifact_lines(results),
