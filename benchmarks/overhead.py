@@ -10,9 +10,11 @@ Model: CIFAR ResNet-20 (0.27M parameters), synthetic 3x32x32 batches of 128, PGD
   10 steps.
 
 The two are timed interleaved (plain, wrapped, plain, ...) in one process; the result is the
-median of the per-pair ratios. Results go to ``benchmarks/results/overhead.json``.
+median of the per-pair ratios. Results go to ``benchmarks/results/overhead.json``; with
+``--precision bf16`` both steps run their forward passes and the attack under bf16 autocast
+(``overhead_bf16.json``; ATMC's projections and ADMM state stay fp32).
 
-    python benchmarks/overhead.py [--pairs 15] [--warmup 3]
+    python benchmarks/overhead.py [--pairs 15] [--warmup 3] [--precision bf16]
 """
 
 from __future__ import annotations
@@ -44,17 +46,22 @@ def _batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(128, 3, 32, 32, generator=g), torch.randint(0, 10, (128,), generator=g)
 
 
-def make_plain() -> Any:
+def _autocast(precision: str) -> Any:
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def make_plain(precision: str = "fp32") -> Any:
     torch.manual_seed(0)
     model = CifarResNet(20)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     attack = torchattacks.PGD(model, eps=EPS, alpha=EPS / 4, steps=7, random_start=True)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        model.eval()
-        adv = attack(x, y)
-        model.train()
-        loss = F.cross_entropy(model(adv), y)
+        with _autocast(precision):
+            model.eval()
+            adv = attack(x, y)
+            model.train()
+            loss = F.cross_entropy(model(adv), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -62,7 +69,7 @@ def make_plain() -> Any:
     return step
 
 
-def make_wrapped() -> Any:
+def make_wrapped(precision: str = "fp32") -> Any:
     torch.manual_seed(0)
     model = CifarResNet(20)
     example = torch.rand(1, 3, 32, 32)
@@ -83,9 +90,11 @@ def make_wrapped() -> Any:
     wrapped = atmc_plugin.wrap(pruner, config, optimizer=opt)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        adv = wrapped.perturb(x, y)
-        model.train()
-        loss = F.cross_entropy(model(adv), y) + wrapped.penalty()
+        with _autocast(precision):
+            adv = wrapped.perturb(x, y)
+            model.train()
+            loss = F.cross_entropy(model(adv), y)
+        loss = loss.float() + wrapped.penalty()  # the ADMM term in fp32
         opt.zero_grad()
         loss.backward()
         wrapped.regularize(model)
@@ -94,8 +103,8 @@ def make_wrapped() -> Any:
     return step
 
 
-def run(pairs: int, warmup: int) -> dict[str, Any]:
-    plain, wrapped = make_plain(), make_wrapped()
+def run(pairs: int, warmup: int, precision: str = "fp32") -> dict[str, Any]:
+    plain, wrapped = make_plain(precision), make_wrapped(precision)
     x, y = _batch(0)
     for _ in range(warmup):
         plain(x, y)
@@ -120,6 +129,7 @@ def run(pairs: int, warmup: int) -> dict[str, Any]:
             "torch": torch.__version__,
         },
         "model": "CifarResNet-20, batch 128, 3x32x32, PGD-7",
+        "precision": precision,
         "pairs": pairs,
         "plain_median_s": statistics.median(t_plain),
         "wrapped_median_s": statistics.median(t_wrapped),
@@ -132,9 +142,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--pairs", type=int, default=15)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
-    result = run(args.pairs, args.warmup)
+    if args.out is None:
+        args.out = (
+            RESULTS.with_name(f"overhead_{args.precision}.json")
+            if (args.precision != "fp32")
+            else RESULTS
+        )
+    result = run(args.pairs, args.warmup, args.precision)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(

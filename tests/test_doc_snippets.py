@@ -48,6 +48,7 @@ RUNNERS: dict[str, tuple[str, str | None]] = {
     "inc-rtn": ("ATMCQuantConfig(bits=4", "q = quantize(model, config, run_fn=train)"),
     "inc-static-int8": ("quantize_static_int8(on_grid", "on_grid = quantize("),
     "evaluate-and-size": ("evaluate(model, (x_test, y_test)", None),
+    "guarded-loop": ("OverfitGuard(atmc, (x_held_out", "atmc.finalize()"),
 }
 
 
@@ -144,6 +145,8 @@ def _fill_ins(trained: nn.Module, digits) -> dict[str, Any]:
         "example_inputs": x_train[:1],
         "x_test": x_test,
         "y_test": y_test,
+        "x_held_out": x_train[-128:],  # (the fixture's loader trains on them: a stand-in)
+        "y_held_out": y_train[-128:],
     }
 
 
@@ -262,3 +265,15 @@ def test_evaluate_and_size_snippet(trained, digits, tmp_path, monkeypatch) -> No
     _run(_snippet("evaluate-and-size"), ns, "evaluate-and-size")
     assert ns["report"].clean == pytest.approx(expected)
     assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_guarded_loop_snippet(trained, digits, capsys) -> None:
+    ns = _fill_ins(trained, digits)
+    head, tail = _split(_snippet("guarded-loop"), RUNNERS["guarded-loop"][1] or "")
+    _run(head, ns, "guarded-loop")
+    before = _accuracy(ns["model"], ns["x_test"], ns["y_test"])
+    guard = ns["guard"]
+    assert guard.checks == EPOCHS and not guard.fired  # N-FGSM on digits does not collapse
+    _run(tail, ns, "guarded-loop")
+    _check_kept(before, _accuracy(ns["model"], ns["x_test"], ns["y_test"]), "guarded loop")
+    assert "'checks': 4" in capsys.readouterr().out

@@ -153,7 +153,7 @@ def render(run: RunDir, info: dict[str, Any], results: dict[str, Any]) -> str:
         "",
         *_evaluation_table(results),
         "",
-        *([CASCADE_NOTE, ""] if ev["dense"].get("cascade") else []),
+        *([CASCADE_NOTE, ""] if ev.get("cascade") else []),
         _latency_note(results),
         "",
         *_artifact_lines(results),
