@@ -133,11 +133,13 @@ def run_one(
     return record
 
 
-def planned(seeds: list[int]) -> Iterator[tuple[str, float, str, int]]:
+def planned(
+    seeds: list[int], methods: tuple[str, ...] = METHODS, ratios: tuple[float, ...] = RATIOS
+) -> Iterator[tuple[str, float, str, int]]:
     """Seed-major, so a partial run already holds every row of the first seeds."""
     for seed in seeds:
-        for method in METHODS:
-            for ratio in RATIOS:
+        for method in methods:
+            for ratio in ratios:
                 for attack in ATTACKS:
                     yield method, ratio, attack, seed
 
@@ -152,7 +154,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     pgd = {(r["method"], r["target_ratio"], r["seed"]): r for r in runs if r["attack"] == "pgd7"}
     rows = []
     for method in METHODS:
-        for ratio in RATIOS:
+        for ratio in sorted({r["target_ratio"] for r in runs}, reverse=True):
             for attack in ATTACKS:
                 group = [
                     r
@@ -272,6 +274,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--resume", action="store_true", help="skip runs already in the runs file")
     p.add_argument("--smoke", action="store_true", help="tiny schedule, results to /tmp")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     if args.smoke:
@@ -287,7 +291,7 @@ def main() -> None:
     setup, held_out = setup_for(args.epochs, args.finetune)
     started = time.perf_counter()
     dense: dict[int, nn.Module] = {}
-    for method, ratio, attack, seed in planned(args.seeds):
+    for method, ratio, attack, seed in planned(args.seeds, args.methods, args.ratios):
         if key(method, ratio, attack, seed) in done:
             continue
         if seed not in dense:

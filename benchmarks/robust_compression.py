@@ -558,7 +558,11 @@ def compress(
         bits = int(method.split("int")[1].split(",")[0])
         return model, l1_quant_then_aft(model, setup, ratio, bits, seed).size_ratio, model
     if method == "ATMC 8-bit (paper: magnitude, one-shot)":
-        paper = {"allocation": "magnitude", "schedule": "constant", "min_per_layer": 0}
+        paper: dict[str, Any] = {
+            "allocation": "magnitude",
+            "schedule": "constant",
+            "min_per_layer": 0,
+        }
         report = atmc_training(model, setup, ratio * 4, 8, True, seed, **paper)
         merged = merge_factors(model)
         return merged, report.size_ratio, merged

@@ -58,3 +58,27 @@ def test_plan_holds_only_reachable_sizes(monkeypatch) -> None:
     assert ("ATMC 2-bit", 0.1) not in plan  # would need a density of 1.6
     assert ("ATMC 4-bit", 0.1) in plan and ("ATMC 2-bit", 0.03) in plan
     assert len(plan) == 1 + (len(bench.METHODS) - 1) * len(bench.RATIOS) - 1
+
+
+def test_fast_benchmark_pipeline(tmp_path) -> None:
+    """PGD-7, FGSM-RS and N-FGSM rows side by side, the guard's record, time ratios."""
+    script = SCRIPT.with_name("fast_robust_compression.py")
+    cmd = [sys.executable, str(script), "--smoke", "--out", str(tmp_path), "--threads", "1"]
+    cmd += ["--methods", "ATMC 4-bit", "--ratios", "0.01"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    result = json.loads((tmp_path / "fast_robust_compression.json").read_text())
+    rows = {r["attack"]: r for r in result["rows"]}
+    assert set(rows) == {"pgd7", "ffgsm", "nfgsm"}
+    assert rows["pgd7"]["time_ratio"]["mean"] == 1.0 and rows["pgd7"]["passes_per_step"] == 9
+    assert rows["nfgsm"]["passes_per_step"] == 3 and rows["nfgsm"]["guard_seconds"]["mean"] > 0
+    lines = (tmp_path / "fast_robust_compression.runs.jsonl").read_text().splitlines()
+    runs = [json.loads(line) for line in lines]
+    assert {r["attack"]: r["guard"] is None for r in runs} == {
+        "pgd7": True,
+        "ffgsm": False,
+        "nfgsm": False,
+    }
+    assert (
+        "| ATMC 4-bit | 0.01 | nfgsm | 3 |" in (tmp_path / "fast_robust_compression.md").read_text()
+    )
+    assert (tmp_path / "fast_robust_compression.png").stat().st_size > 0
