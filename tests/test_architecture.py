@@ -121,3 +121,20 @@ def test_a_plugin_backend_replaces_the_adapter(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "o" / "results.json").read_text())
     assert results["size"]["compression"]["budget"] > 0  # plain ATMC's report, not a pruner's
     assert "channels" not in results["size"]["compression"]
+
+
+def test_every_subprocess_run_in_the_tests_has_a_hang_guard() -> None:
+    """A hung child must fail its test, not the whole CI job: ``subprocess.run`` with timeout=."""
+
+    missing = []
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "run"
+                and getattr(node.func.value, "id", None) == "subprocess"
+                and not any(k.arg == "timeout" for k in node.keywords)
+            ):
+                missing.append(f"{path.name}:{node.lineno}")
+    assert not missing, f"subprocess.run without timeout= at {missing}"

@@ -22,7 +22,7 @@ NEW_BASELINES = [
 def _smoke(out: Path, methods: list[str], *extra: str) -> dict:
     cmd = [sys.executable, str(SCRIPT), "--smoke", "--out", str(out)]
     cmd += ["--methods", *methods] if methods else []
-    subprocess.run([*cmd, *extra], check=True, capture_output=True)
+    subprocess.run([*cmd, *extra], check=True, capture_output=True, timeout=3600)
     return json.loads((out / "robust_compression.json").read_text())
 
 
@@ -65,7 +65,7 @@ def test_fast_benchmark_pipeline(tmp_path) -> None:
     script = SCRIPT.with_name("fast_robust_compression.py")
     cmd = [sys.executable, str(script), "--smoke", "--out", str(tmp_path), "--threads", "1"]
     cmd += ["--methods", "ATMC 4-bit", "--ratios", "0.01"]
-    subprocess.run(cmd, check=True, capture_output=True)
+    subprocess.run(cmd, check=True, capture_output=True, timeout=3600)
     result = json.loads((tmp_path / "fast_robust_compression.json").read_text())
     rows = {r["attack"]: r for r in result["rows"]}
     assert set(rows) == {"pgd7", "ffgsm", "nfgsm"}

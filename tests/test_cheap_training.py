@@ -96,3 +96,97 @@ def test_training_forwards_run_in_the_chosen_precision(tmp_path: Path, precision
     assert torch.isfinite(torch.tensor(stats["loss"]))
     if precision == "fp16":
         assert trainer.precision.scaler is not None and trainer.precision.state_dict()
+
+
+FACTORIES = """
+from torch import nn
+from torch.nn import functional as F
+
+from atmc_plugin.app.datasets import load_digits
+
+
+def data():
+    x_tr, y_tr, x_te, y_te = load_digits(seed=0)
+    x_tr, x_te = (F.interpolate(x, size=28, mode="bilinear") for x in (x_tr, x_te))
+    return (x_tr, y_tr), (x_te, y_te)
+
+
+def mlp():
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+        nn.Linear(512, 10),
+    )
+"""
+
+COLLAPSING = """
+[run]
+seed = 0
+device = "cpu"
+[data]
+factory = "co_factories:data"
+batch_size = 128
+[model]
+factory = "co_factories:mlp"
+weights = "robust.pt"
+[train]
+compress_epochs = 16
+finetune_epochs = 2
+lr = 0.2
+weight_decay = 0.0
+schedule = "constant"
+[atmc.attack]
+name = "fgsm"
+eps = 0.2
+[eval]
+limit = 120
+compiled_latency = false
+"""
+
+
+def test_the_command_recovers_from_a_real_collapse(tmp_path: Path) -> None:
+    """The collapse of tests/test_guard.py through ``atmc run``: a PGD-trained MLP on 28x28
+    digits, then FGSM training. The guard fires in the compression stage, restores, and the
+    rest of the run (fine-tuning included) trains with PGD-7; all of it is on record."""
+    import importlib
+    import sys
+
+    from torch.nn import functional as F
+
+    from atmc_plugin import ATMC, ATMCConfig, AttackConfig
+
+    (tmp_path / "co_factories.py").write_text(FACTORIES)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        factories = importlib.import_module("co_factories")
+        (x_tr, y_tr), _ = factories.data()
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("co_factories", None)
+    x_tr, y_tr = x_tr[:-128], y_tr[:-128]  # what the command trains on (the rest is held out)
+    torch.manual_seed(0)
+    model = factories.mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    atmc = ATMC(model, ATMCConfig(attack=AttackConfig(name="pgd", eps=0.2, alpha=0.05)))
+    order = torch.Generator().manual_seed(1)
+    for _ in range(10):  # the user's robust starting point
+        perm = torch.randperm(len(y_tr), generator=order)
+        for start in range(0, len(y_tr), 128):
+            x, y = x_tr[perm[start : start + 128]], y_tr[perm[start : start + 128]]
+            model.train()
+            loss = F.cross_entropy(model(x), y) + F.cross_entropy(model(atmc.perturb(x, y)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    torch.save(model.state_dict(), tmp_path / "robust.pt")
+    recipe = tmp_path / "collapse.toml"
+    recipe.write_text(COLLAPSING)
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out), "--no-progress"]) == 0
+    guard = json.loads((out / "results.json").read_text())["guard"]
+    assert [e["stage"] for e in guard["fired"]] == ["compress"] and guard["fallback"] == "pgd7"
+    (event,) = guard["fired"]
+    assert event["restored"] and event["robust"] < 0.5 * event["best"]
+    records = RunDir(out).read_metrics()
+    assert [r["stage"] for r in records if r["kind"] == "guard"] == ["compress"]
+    finetune = [r for r in records if r["kind"] == "epoch" and r["stage"] == "finetune"]
+    assert finetune and all("guard_robust" not in r for r in finetune)  # PGD-7: unwatched

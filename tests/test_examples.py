@@ -32,7 +32,7 @@ def test_digits_example_runs_and_checkpoint_loads(tmp_path) -> None:
         "--save",
         str(out),
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stderr
     assert "| ATMC |" in done.stderr  # logging goes to stderr
     state = torch.load(out, weights_only=True)

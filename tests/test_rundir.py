@@ -144,6 +144,10 @@ def test_writes_are_atomic_with_consistent_modes_and_temporaries_are_cleaned(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_sigterm_and_sigint_end_with_a_message_and_a_free_folder(
     tmp_path: Path, sig: int, code: int
@@ -155,6 +159,9 @@ def test_sigterm_and_sigint_end_with_a_message_and_a_free_folder(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # a job started in the background of a non-interactive shell inherits SIGINT as
+        # ignored, and so would the child: give it the default disposition, as a terminal does
+        preexec_fn=_default_sigint,
     )
     deadline = time.monotonic() + 1800  # hang guard
     while time.monotonic() < deadline and proc.poll() is None:
@@ -196,9 +203,12 @@ def test_a_corrupt_dense_checkpoint_fails_before_the_resumed_training(
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     (out / "checkpoints" / "dense.pt").write_bytes(b"garbage")
-    started = time.monotonic()
+    last = (out / "checkpoints" / "last.pt").read_bytes()
+    metrics = (out / "metrics.jsonl").read_bytes()
     assert main(["run", str(TINY), "--out", str(out), "--resume", "--no-progress"]) == 2
-    assert time.monotonic() - started < 60
+    # refused before any training: no epoch was added, no checkpoint rewritten
+    assert (out / "metrics.jsonl").read_bytes() == metrics
+    assert (out / "checkpoints" / "last.pt").read_bytes() == last
 
 
 @pytest.mark.slow
@@ -212,7 +222,7 @@ def test_killed_at_ten_random_points_the_run_resumes_to_the_same_results(tmp_pat
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     reference = tmp_path / "reference"
     base = [sys.executable, "-m", "atmc_plugin", "run", str(TINY), "--out"]
-    subprocess.run([*base, str(reference)], env=env, check=True, capture_output=True)
+    subprocess.run([*base, str(reference)], env=env, check=True, capture_output=True, timeout=3600)
     out = tmp_path / "run"
     epochs = len(_epochs(reference))
     points = sorted(rng.randrange(0, epochs) for _ in range(10))
@@ -231,7 +241,7 @@ def test_killed_at_ten_random_points_the_run_resumes_to_the_same_results(tmp_pat
         proc.wait(timeout=3600)  # hang guard
         kills += proc.returncode == -signal.SIGKILL
     assert kills >= 8, f"only {kills} of 10 runs were killed before they finished"
-    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True)
+    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert _epochs(out) == _epochs(reference)
     ours = json.loads((out / "results.json").read_text())
