@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from .engine.allocation import ALLOCATIONS, SCHEDULES
+from .engine.allocation import ALLOCATIONS, BUDGET_SCHEDULES
 from .errors import ConfigError, did_you_mean
 
 if sys.version_info >= (3, 11):
@@ -295,7 +295,7 @@ class ConstraintConfig:
         _set(self, "allocation", _choice(s, "allocation", self.allocation, ALLOCATIONS))
         mpl = _number(s, "min_per_layer", self.min_per_layer, integer=True, low=0, high=2**31)
         _set(self, "min_per_layer", mpl)
-        _set(self, "schedule", _choice(s, "schedule", self.schedule, SCHEDULES))
+        _set(self, "schedule", _choice(s, "schedule", self.schedule, BUDGET_SCHEDULES))
         if self.ramp_steps is not None:
             ramp = _number(s, "ramp_steps", self.ramp_steps, integer=True, low=0, high=2**31)
             _set(self, "ramp_steps", ramp)

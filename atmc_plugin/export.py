@@ -26,12 +26,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .costs import layer_costs  # where it lived before: kept importable from here
 from .engine.intgrid import GridSpec, element_grid, grid_codes, grid_values
 from .errors import InputError
 from .io import replace_atomically
-from .modes import preserved_modes
 
 FORMAT = "atmc-compact/1"
+__all__ = ["StorageReport", "layer_costs", "load_compact", "save_compact", "storage_report"]
 
 
 @dataclass(frozen=True)
@@ -366,32 +367,3 @@ def _grid_values(
     code_values = torch.from_numpy(codes + spec.code_range[0]).float()
     values: np.ndarray = grid_values(code_values, scale[index], zero[index]).numpy()
     return values
-
-
-def layer_costs(model: nn.Module, example_inputs: Tensor) -> dict[str, dict[str, int]]:
-    """Parameters and multiply-accumulates per conv/linear layer, for one example batch.
-
-    MACs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` (FLOPs / 2) on the
-    model as it is now (after structural pruning), in eval mode; modes are restored.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    layers = {
-        name: m
-        for name, m in model.named_modules()
-        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
-    }
-    counter = FlopCounterMode(display=False)
-    with preserved_modes(model), torch.no_grad(), counter:
-        model.eval()
-        model(example_inputs)
-    flops = counter.get_flop_counts()
-    out = {}
-    for name, module in layers.items():
-        key = f"{type(model).__name__}.{name}" if name else type(model).__name__
-        per_op = flops.get(key, {})
-        out[name] = {
-            "params": sum(p.numel() for p in module.parameters(recurse=False)),
-            "macs": int(sum(per_op.values()) // 2),
-        }
-    return out

@@ -138,3 +138,41 @@ def unseal(payload: dict[str, Any], path: str | Path) -> dict[str, Any]:
             "with it; it was not modified. Delete it, or restore it from a copy."
         )
     return payload
+
+
+def json_digest(data: Any) -> str:
+    """sha256 of a JSON value (keys sorted): the seal of the run folder's JSON files."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def seal_json(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` as plain JSON (other values as strings) with its sha256 under ``"sha256"``:
+    what ``results.json``, ``run.json`` and each ``metrics.jsonl`` record hold."""
+    import json
+
+    plain = json.loads(json.dumps(data, default=str))
+    return {**plain, DIGEST_KEY: json_digest(plain)}
+
+
+def unseal_json(
+    data: dict[str, Any], what: str, unit: str = "file", fix: str = ""
+) -> dict[str, Any]:
+    """Remove and verify the sha256 :func:`seal_json` stored (data without one is accepted).
+
+    :param what: names the data in the error, e.g. ``"'RUN/results.json'"``.
+    :param unit: what was left unmodified (``"file"``).
+    :param fix: appended to the error.
+    :raises InputError: the content does not match it.
+    """
+    from .errors import InputError
+
+    digest = data.pop(DIGEST_KEY, None)
+    if digest is not None and digest != json_digest(data):
+        raise InputError(
+            f"{what} was changed or corrupted after it was written (its sha256 does not match); "
+            f"the {unit} was not modified.{fix}"
+        )
+    return data

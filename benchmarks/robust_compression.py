@@ -59,9 +59,9 @@ import atmc_plugin
 from atmc_plugin import ATMC, ADMMConfig, ATMCConfig, AttackConfig, ConstraintConfig, evaluate
 from atmc_plugin.app.datasets import load_digits
 from atmc_plugin.app.models import DigitsCNN
+from atmc_plugin.costs import total_macs
 from atmc_plugin.engine.intgrid import GridSpec, int_grid_quantize
 from atmc_plugin.engine.sparsity import global_topk_masks
-from atmc_plugin.export import layer_costs
 from atmc_plugin.layers import layer_weight, select_layers
 from atmc_plugin.report import CompressionReport, build_report
 from atmc_plugin.robustness import attackable
@@ -595,7 +595,7 @@ def merge_factors(model: nn.Module) -> nn.Module:
 
 def deployed_macs(model: nn.Module, example: Tensor) -> int:
     """MACs of the model as deployed (``compress`` returns factorized models merged)."""
-    return sum(c["macs"] for c in layer_costs(model, example).values())
+    return total_macs(model, example)
 
 
 def pretrain(setup: Setup, epochs: int, seed: int) -> dict[str, nn.Module]:

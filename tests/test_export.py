@@ -102,7 +102,7 @@ def test_foreign_file_refused(tmp_path) -> None:
 
 
 def test_layer_costs_match_hand_count() -> None:
-    from atmc_plugin.export import layer_costs
+    from atmc_plugin.costs import layer_costs
 
     model = DigitsCNN(width=8)
     model.train()

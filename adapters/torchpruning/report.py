@@ -73,9 +73,9 @@ class PruningReport:
 def build_pruning_report(pruner: ATMCPruner) -> PruningReport:
     channels = {
         name: (pruner.dense_channels.get(name, out_channels(m)), out_channels(m))
-        for m, name in pruner._layer_names.items()
+        for m, name in pruner.layer_names.items()
     }
-    ignored = tuple(n for m, n in pruner._layer_names.items() if m in pruner.pruner.ignored_layers)
+    ignored = tuple(n for m, n in pruner.layer_names.items() if m in pruner.pruner.ignored_layers)
     return PruningReport(
         channels=channels,
         ignored=ignored,

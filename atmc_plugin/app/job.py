@@ -171,7 +171,8 @@ def _run_info(recipe: Recipe, device: torch.device, world_size: int) -> dict[str
 
 def _size(trainer: Trainer, run: RunDir, dense: nn.Module) -> dict[str, Any]:
     """Paper-convention size ratio, storage-honest bytes (and the compact file), params, MACs."""
-    from ..export import layer_costs, save_compact
+    from ..costs import total_macs
+    from ..export import save_compact
 
     model = unwrap_model(trainer.model)
     dense_bytes = sum(t.numel() * t.element_size() for t in dense.state_dict().values())
@@ -179,7 +180,7 @@ def _size(trainer: Trainer, run: RunDir, dense: nn.Module) -> dict[str, Any]:
     atmc = trainer.atmc
     if atmc is not None:
         elementwise, whole = trainer.backend.report()
-        # one MAC figure per model: the conv/linear MACs of `layer_costs` below (a tool's own
+        # one MAC figure per model: atmc_plugin.costs' conv/linear MACs below (a tool's own
         # counter, such as Torch-Pruning's, also counts other ops and would disagree)
         out["compression"] = {k: v for k, v in whole.items() if k not in ("macs", "dense_macs")}
         out["size_ratio"] = elementwise.size_ratio
@@ -193,13 +194,12 @@ def _size(trainer: Trainer, run: RunDir, dense: nn.Module) -> dict[str, Any]:
                 "ratio_vs_dense": storage.total_bytes / dense_bytes,
             }
             out["compact_file_bytes"] = (run.root / "model.safetensors").stat().st_size
-    dense_costs = layer_costs(dense, trainer.data.example[:1].to(trainer.device))
+    example = trainer.data.example[:1].to(trainer.device)
     merged = _merged(model, trainer.recipe, trainer.data)
-    costs = layer_costs(merged, trainer.data.example[:1].to(trainer.device))
     out["params"] = sum(p.numel() for p in model.parameters())
-    out["macs"] = sum(c["macs"] for c in costs.values())
+    out["macs"] = total_macs(merged, example)
     out["dense_params"] = sum(p.numel() for p in dense.parameters())
-    out["dense_macs"] = sum(c["macs"] for c in dense_costs.values())
+    out["dense_macs"] = total_macs(dense, example)
     return out
 
 

@@ -73,7 +73,7 @@ PRESETS = ("quick", "standard")
 INC_ALGORITHMS = ("static", "atmc", "rtn")
 OPTIMIZERS = ("sgd", "adamw")
 AUGMENTATIONS = ("none", "shift", "flip_shift")
-SCHEDULES = ("cosine", "step", "constant")
+LR_SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -321,7 +321,7 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         weight_decay=train.number("weight_decay", TrainSpec.weight_decay, high=1.0),
         clean_weight=train.number("clean_weight", TrainSpec.clean_weight, high=1.0),
         optimizer=train.choice("optimizer", TrainSpec.optimizer, OPTIMIZERS),
-        schedule=train.choice("schedule", TrainSpec.schedule, SCHEDULES),
+        schedule=train.choice("schedule", TrainSpec.schedule, LR_SCHEDULES),
         precision=train.choice("precision", TrainSpec.precision, PRECISIONS),
     )
     try:

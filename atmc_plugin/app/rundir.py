@@ -28,9 +28,7 @@ import json
 import logging
 import os
 import pickle
-import socket
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +36,16 @@ import torch
 
 from ..errors import ATMCError, InputError
 from ..io import (
-    DIGEST_KEY,
     remove_stale_temporaries,
     save_atomically,
     seal,
+    seal_json,
     unseal,
+    unseal_json,
     write_text_atomically,
 )
 from .recipe import Recipe, RecipeError
+from .runlock import RunLock
 
 log = logging.getLogger(__name__)
 MARKER = ".atmc-run"
@@ -69,7 +69,7 @@ class RunDir:
         self.results = root / "results.json"
         self.marker = root / MARKER
         self.lock = root / LOCK
-        self._locked = False
+        self._lock = RunLock(self.lock, root)
 
     @property
     def is_run(self) -> bool:
@@ -163,43 +163,15 @@ class RunDir:
 
     # -- the lock ------------------------------------------------------------------------------
     def acquire(self) -> None:
-        """Take the folder's lock (a file with our pid and host), taking over a stale one.
+        """Take the folder's lock (:class:`~atmc_plugin.app.runlock.RunLock`).
 
         :raises RecipeError: another live process holds it.
         """
-        mine = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        for _ in range(3):
-            try:
-                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _read_lock(self.lock)
-                if not _is_stale(holder, self.lock):
-                    who = "another process that is starting"
-                    if holder is not None:
-                        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["since"]))
-                        who = f"process {holder['pid']} on {holder.get('host')} (since {since})"
-                    raise RecipeError(
-                        f"run folder {str(self.root)!r} is in use by {who}; wait for it to "
-                        f"finish, or delete {str(self.lock)!r} if that process no longer exists."
-                    ) from None
-                log.warning("taking over the stale lock of %s (%s)", self.root, holder or "empty")
-                self.lock.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(mine, f)
-                f.flush()
-                os.fsync(f.fileno())
-            self._locked = True
-            return
-        raise RecipeError(f"could not take the lock {str(self.lock)!r}; try again.")
+        self._lock.acquire()
 
     def release(self) -> None:
         """Give the lock back (only if this process holds it)."""
-        if self._locked:
-            holder = _read_lock(self.lock)
-            if holder and holder.get("pid") == os.getpid():
-                self.lock.unlink(missing_ok=True)
-            self._locked = False
+        self._lock.release()
 
     # -- metrics -------------------------------------------------------------------------------
     def log_metrics(self, record: dict[str, Any]) -> None:
@@ -232,13 +204,7 @@ class RunDir:
                     f"{str(self.metrics)!r} line {i + 1} is not a JSON record ({exc}); the file "
                     "was not modified. Remove that line to continue."
                 ) from exc
-            digest = record.pop(DIGEST_KEY, None)
-            if digest is not None and digest != _json_digest(record):
-                raise InputError(
-                    f"{str(self.metrics)!r} line {i + 1} was changed or corrupted after it was "
-                    "written (its sha256 does not match); the file was not modified."
-                )
-            records.append(record)
+            records.append(unseal_json(record, f"{str(self.metrics)!r} line {i + 1}", "file"))
         return records
 
     def truncate_metrics(self, count: int) -> None:
@@ -248,9 +214,7 @@ class RunDir:
 
     def write_json(self, path: Path, data: dict[str, Any]) -> None:
         """Write ``data`` as JSON with a ``sha256`` of its content (see :func:`read_json`)."""
-        plain = json.loads(json.dumps(data, default=str))
-        sealed_data = {**plain, DIGEST_KEY: _json_digest(plain)}
-        write_text_atomically(json.dumps(sealed_data, indent=1) + "\n", path)
+        write_text_atomically(json.dumps(seal_json(data), indent=1) + "\n", path)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, path: Path, state: dict[str, Any], recipe: Recipe) -> None:
@@ -263,15 +227,8 @@ class RunDir:
         save_atomically(sealed(payload), path)
 
 
-def _json_digest(data: Any) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-
-
 def _metrics_line(record: dict[str, Any]) -> str:
-    plain = json.loads(json.dumps(record, default=str))
-    return json.dumps({**plain, DIGEST_KEY: _json_digest(plain)}) + "\n"
+    return json.dumps(seal_json(record)) + "\n"
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -288,45 +245,12 @@ def read_json(path: Path) -> dict[str, Any]:
         ) from exc
     if not isinstance(data, dict):
         raise InputError(f"{str(path)!r} does not hold a JSON object; it was not modified.")
-    digest = data.pop(DIGEST_KEY, None)
-    if digest is not None and digest != _json_digest(data):
-        raise InputError(
-            f"{str(path)!r} was changed or corrupted after it was written (its sha256 does not "
-            "match); it was not modified. Rerun the run, or restore the file."
-        )
-    return data
+    return unseal_json(data, repr(str(path)), "file", " Rerun the run, or restore the file.")
 
 
 def sealed(payload: dict[str, Any]) -> dict[str, Any]:
     """``payload`` with the sha256 of its content, which :func:`read_tagged` verifies."""
     return seal(payload)
-
-
-def _read_lock(path: Path) -> dict[str, Any] | None:
-    try:
-        holder = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    ok = isinstance(holder, dict) and isinstance(holder.get("pid"), int)
-    return holder if ok and isinstance(holder.get("since"), (int, float)) else None
-
-
-def _is_stale(holder: dict[str, Any] | None, path: Path) -> bool:
-    """A lock is stale when its process is gone (same host), or unreadable and old."""
-    if holder is None:  # killed between creating and writing it
-        try:
-            return time.time() - path.stat().st_mtime > 10
-        except FileNotFoundError:
-            return True
-    if holder.get("host") != socket.gethostname():
-        return False  # cannot tell whether a process on another machine is alive
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, owned by another user
-    return False
 
 
 def read_tagged(path: Path, fmt: str) -> dict[str, Any]:

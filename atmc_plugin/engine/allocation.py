@@ -33,7 +33,7 @@ from ..errors import InputError
 from .sparsity import global_topk_masks
 
 ALLOCATIONS = ("lamp", "effective", "magnitude")
-SCHEDULES = ("cubic", "constant")
+BUDGET_SCHEDULES = ("cubic", "constant")
 
 
 def lamp_scores(tensor: Tensor) -> Tensor:
@@ -101,6 +101,6 @@ def scheduled_budget(
     if schedule == "constant" or ramp_steps <= 0 or step >= ramp_steps or target >= dense:
         return target
     if schedule != "cubic":
-        raise InputError(f"schedule = {schedule!r}: choose one of {', '.join(SCHEDULES)}.")
+        raise InputError(f"schedule = {schedule!r}: choose one of {', '.join(BUDGET_SCHEDULES)}.")
     left = 1.0 - max(step, 0) / ramp_steps
     return max(target, round(target + (dense - target) * left**3))
