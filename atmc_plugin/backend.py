@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .artifacts import Artifact
 from .config import ATMCConfig
 from .core import ATMC
-from .errors import ATMCError
+from .errors import InternalError
 from .report import CompressionReport
 
 MakeOptimizer = Callable[[nn.Module], torch.optim.Optimizer]
@@ -41,12 +41,15 @@ class BackendContext:
     :param atmc: the recipe's ``[atmc]`` configuration.
     :param example: an input batch on the training device (for tracing).
     :param seed: the recipe's seed (calibration and other random choices).
+    :param plugin_manager: the run's plugin manager (attacks, projections); ``None``: the
+        process's default.
     """
 
     source: str
     atmc: ATMCConfig
     example: Tensor
     seed: int
+    plugin_manager: Any = None
 
 
 @runtime_checkable
@@ -106,7 +109,7 @@ class SessionBackend:
         :raises ATMCError: :meth:`prepare` has not run.
         """
         if self.atmc is None:
-            raise ATMCError(f"internal: the {type(self).__name__} was not prepared.")
+            raise InternalError(f"the {type(self).__name__} was not prepared.")
         return self.atmc
 
     def on_epoch(self, epoch: int, epochs: int) -> None:

@@ -39,6 +39,14 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
     return f" Did you mean {matches[0]!r}?" if matches else ""
 
 
+class InternalError(ATMCError):
+    """A bug in atmc-plugin, not in the input (the command exits 1): please report it with the
+    command and the recipe."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"internal error: {what} This is a bug in atmc-plugin; please report it.")
+
+
 class ScheduleWarning(UserWarning):
     """The sparsity budget's schedule does not fit the loop: it has no length to anneal over,
     or ``finalize()`` had to jump to the target in one projection."""

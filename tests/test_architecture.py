@@ -85,9 +85,10 @@ def test_a_plugin_backend_replaces_the_adapter(tmp_path: Path) -> None:
     import json
 
     import atmc_plugin
-    from atmc_plugin import default_plugin_manager
+    from atmc_plugin import get_plugin_manager
     from atmc_plugin.app.backends import PlainBackend
-    from atmc_plugin.app.cli import main
+    from atmc_plugin.app.job import run_recipe
+    from atmc_plugin.app.recipe import load_recipe
 
     calls: list[str] = []
 
@@ -111,12 +112,12 @@ def test_a_plugin_backend_replaces_the_adapter(tmp_path: Path) -> None:
     recipe = recipe.replace("finetune_epochs = 2", "finetune_epochs = 1")
     recipe = recipe.replace("pretrain_epochs = 2", "pretrain_epochs = 1")
     (tmp_path / "r.toml").write_text(recipe)
-    pm = default_plugin_manager()
+    pm = get_plugin_manager()  # this test's own manager: the process's is left alone
     pm.register(Plugin(), name="recording")  # registered last: asked first
-    try:
-        assert main(["run", str(tmp_path / "r.toml"), "--out", str(tmp_path / "o")]) == 0
-    finally:
-        pm.unregister(name="recording")
+    run_recipe(load_recipe(tmp_path / "r.toml"), tmp_path / "o", plugin_manager=pm)
+    assert "recording" not in [
+        n for n, _ in atmc_plugin.default_plugin_manager().list_name_plugin()
+    ]
     assert calls == ["epoch 0/2", "epoch 1/2", "epoch 2/2", "finalize"]
     results = json.loads((tmp_path / "o" / "results.json").read_text())
     assert results["size"]["compression"]["budget"] > 0  # plain ATMC's report, not a pruner's
@@ -138,3 +139,31 @@ def test_every_subprocess_run_in_the_tests_has_a_hang_guard() -> None:
             ):
                 missing.append(f"{path.name}:{node.lineno}")
     assert not missing, f"subprocess.run without timeout= at {missing}"
+
+
+def test_a_run_builds_its_model_and_its_tools_once(tmp_path: Path, monkeypatch) -> None:
+    """The plan builds the model and resolves the tools; training, evaluation, the dense
+    reference and shipping use copies and the same backend objects."""
+    from atmc_plugin.app import plan
+    from atmc_plugin.app.job import run_recipe
+    from atmc_plugin.app.recipe import load_recipe
+
+    counts = {"build_model": 0, "resolve_tools": 0}
+
+    def counting(name):
+        original = getattr(plan, name)
+
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    for name in counts:
+        monkeypatch.setattr(plan, name, counting(name))
+    recipe = (ROOT / "tests" / "recipes" / "tiny_tp.toml").read_text()
+    recipe = recipe.replace("compress_epochs = 3", "compress_epochs = 2")
+    recipe = recipe.replace("finetune_epochs = 2", "finetune_epochs = 1")
+    (tmp_path / "r.toml").write_text(recipe)
+    run_recipe(load_recipe(tmp_path / "r.toml"), tmp_path / "o")
+    assert counts == {"build_model": 1, "resolve_tools": 1}

@@ -69,7 +69,7 @@ def test_a_multi_step_recipe_is_not_guarded_and_trains_on_everything(tmp_path: P
 def test_training_forwards_run_in_the_chosen_precision(tmp_path: Path, precision: str) -> None:
     """The forward passes (clean, adversarial, the attack's) run in low precision; the weights,
     their gradients and ATMC's state stay fp32."""
-    from atmc_plugin.app.build import build_model, check_recipe
+    from atmc_plugin.app.plan import make_plan
     from atmc_plugin.app.recipe import load_recipe
     from atmc_plugin.app.runner import Trainer
 
@@ -78,9 +78,8 @@ def test_training_forwards_run_in_the_chosen_precision(tmp_path: Path, precision
     recipe = recipe_from_dict(
         {**recipe.raw, "train": {**recipe.raw["train"], "precision": precision}}, recipe.path
     )
-    data = check_recipe(recipe, torch.device("cpu"))
-    torch.manual_seed(recipe.seed)
-    trainer = Trainer(recipe, data, build_model(recipe, data), torch.device("cpu"), None)
+    plan = make_plan(recipe, torch.device("cpu"))
+    trainer = Trainer(plan, plan.new_model(), None)
     seen: list[torch.dtype] = []
     trainer.model.fc.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     trainer.enter("pretrain", None)

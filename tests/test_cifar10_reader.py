@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from atmc_plugin.app.build import check_recipe, load_data
+from atmc_plugin.app.build import load_data
 from atmc_plugin.app.datasets import load_cifar10, read_cifar10_bin
+from atmc_plugin.app.plan import check_recipe
 from atmc_plugin.app.recipe import RecipeError, load_recipe
 from atmc_plugin.errors import ATMCError
 

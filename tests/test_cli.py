@@ -185,15 +185,14 @@ def test_diverging_run_stops_with_a_clear_message(tmp_path: Path) -> None:
 
 
 def test_divergence_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
-    from atmc_plugin.app.build import build_model, check_recipe
+    from atmc_plugin.app.plan import make_plan
     from atmc_plugin.app.recipe import load_recipe
     from atmc_plugin.app.runner import DivergedError, Trainer
 
     recipe = load_recipe(TINY)
-    data = check_recipe(recipe, torch.device("cpu"))
+    plan = make_plan(recipe, torch.device("cpu"))
     run = RunDir.prepare(tmp_path / "o", recipe, resume=False)
-    torch.manual_seed(recipe.seed)
-    trainer = Trainer(recipe, data, build_model(recipe, data), torch.device("cpu"), run)
+    trainer = Trainer(plan, plan.new_model(), run)
     trainer.enter("pretrain", None)
     trainer.train_epoch("pretrain", 0)
     run.save_checkpoint(run.last, trainer.state(0, 1), recipe)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from atmc_plugin.app.build import check_recipe, resolve_device
+from atmc_plugin.app.build import resolve_device
+from atmc_plugin.app.plan import check_recipe
 from atmc_plugin.app.recipe import RecipeError, load_recipe
 
 EXAMPLES = Path(__file__).parents[1] / "examples" / "recipes"

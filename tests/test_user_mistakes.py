@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from atmc_plugin.app.build import check_recipe
 from atmc_plugin.app.cli import _parser, main
+from atmc_plugin.app.plan import check_recipe
 from atmc_plugin.app.recipe import RecipeError, load_recipe
 from tests.test_recipe import _custom_recipe
 

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from atmc_plugin import ATMC, ATMCError, ConfigError
+from atmc_plugin import ATMC, ConfigError
 from atmc_plugin.backend import BackendContext, MakeOptimizer
+from atmc_plugin.errors import InternalError
 from atmc_plugin.report import CompressionReport
 
 from .pruner import ATMCPruner, pruned_output_layers
@@ -165,14 +166,18 @@ class PruningBackend:
         pruner = build_pruner(self.settings, model, example)
         optimizer = make_optimizer(model)
         self.pruner = ATMCPruner(
-            pruner, self.context.atmc, optimizer=optimizer, example_inputs=example
+            pruner,
+            self.context.atmc,
+            optimizer=optimizer,
+            example_inputs=example,
+            plugin_manager=self.context.plugin_manager,
         )
         self._regularize_takes_loss = "loss" in inspect.signature(pruner.regularize).parameters
         return model, self.pruner.atmc, optimizer
 
     def _pruner(self) -> ATMCPruner:
         if self.pruner is None:
-            raise ATMCError("internal: the pruning backend was not prepared.")
+            raise InternalError("the pruning backend was not prepared.")
         return self.pruner
 
     def on_epoch(self, epoch: int, epochs: int) -> None:

@@ -37,12 +37,12 @@ class PlainBackend(SessionBackend):
         self.context = context
 
     def check(self, model: nn.Module) -> None:
-        ATMC(copy.deepcopy(model), self.context.atmc)
+        """Nothing more: the command's plan dry-runs ``[atmc]`` on the model itself."""
 
     def prepare(
         self, model: nn.Module, make_optimizer: MakeOptimizer
     ) -> tuple[nn.Module, ATMC, torch.optim.Optimizer]:
-        self.atmc = ATMC(model, self.context.atmc)
+        self.atmc = ATMC(model, self.context.atmc, plugin_manager=self.context.plugin_manager)
         optimizer = make_optimizer(model)
         self.atmc.attach(optimizer)
         return model, self.atmc, optimizer
@@ -82,7 +82,11 @@ def resolve_tools(recipe: Recipe, example: Tensor, plugin_manager: Any = None) -
     """
     pm = plugin_manager if plugin_manager is not None else default_plugin_manager()
     context = BackendContext(
-        source=str(recipe.path), atmc=recipe.atmc, example=example, seed=recipe.seed
+        source=str(recipe.path),
+        atmc=recipe.atmc,
+        example=example,
+        seed=recipe.seed,
+        plugin_manager=pm,
     )
     compressors: list[CompressionBackend] = []
     shippers: list[ShipBackend] = []

@@ -1,8 +1,7 @@
 """Turning a validated :class:`~atmc_plugin.app.recipe.Recipe` into objects: data and model.
 
-Everything that can fail on user input (missing data folder, unknown pruner class, an INC
-config INC itself rejects, an unavailable device) fails in :func:`check_recipe`, before any
-training starts; the tools come from their backends (:mod:`atmc_plugin.app.backends`).
+The checks that use them (the model against the data, the weights, the constraint, the tool
+sections) run once, in :func:`atmc_plugin.app.plan.make_plan`, before any training.
 """
 
 from __future__ import annotations
@@ -139,50 +138,3 @@ def _factory_model(recipe: Recipe, kwargs: dict[str, Any]) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise RecipeError(f"{where}: returned {type(model).__name__}, not a torch.nn.Module.")
     return model
-
-
-def check_recipe(recipe: Recipe, device: torch.device) -> Data:
-    """Everything that can fail on the recipe, tried before any training; returns the data.
-
-    The tool sections are checked by their backends (:mod:`atmc_plugin.app.backends`).
-    """
-    from .backends import check_tools, resolve_tools
-
-    data = load_data(recipe)
-    torch.manual_seed(recipe.seed)
-    model = build_model(recipe, data).to(device)
-    example = data.example.to(device)
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    except RuntimeError as exc:
-        raise RecipeError(
-            f"{recipe.path}: [model] {recipe.model_name} does not accept the {recipe.dataset} "
-            f"inputs of shape {tuple(example.shape[1:])}: {exc}"
-        ) from exc
-    if recipe.augment != "none" and example.dim() != 4:
-        raise RecipeError(
-            f"{recipe.path}: [data] augment = {recipe.augment!r} shifts and flips images "
-            f"(N, C, H, W), but the inputs have shape {tuple(example.shape)}; set "
-            "augment = 'none' (or augment inside your Dataset)."
-        )
-    if recipe.model_weights is not None:
-        from .weights import load_weights
-
-        load_weights(model, recipe.model_weights, f"{recipe.path}: [model] weights")
-    _check_constraint_fits(recipe, model)
-    check_tools(recipe, resolve_tools(recipe, example), model)
-    return data
-
-
-def _check_constraint_fits(recipe: Recipe, model: nn.Module) -> None:
-    """The constraint against this model (layers selected, budget within the weights), on a
-    copy, so that a bad include pattern or nnz fails before pre-training."""
-    import copy
-
-    from ..core import ATMC
-
-    try:
-        ATMC(copy.deepcopy(model), recipe.atmc)
-    except ATMCError as exc:
-        raise RecipeError(f"{recipe.path}: [atmc] {exc}") from exc

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from ..errors import ATMCError, InputError
-from .backends import Tools, resolve_tools
-from .build import Data, build_model
+from .backends import Tools
+from .build import Data
+from .plan import Plan, make_plan
 from .recipe import Recipe
 from .rundir import RunDir, read_tagged
 from .runner import train_batches
@@ -21,16 +22,16 @@ from .runner import train_batches
 FINAL_FORMAT = "atmc-run-final"
 
 
-def ship(recipe: Recipe, model: nn.Module, data: Data, tools: Tools | None = None) -> nn.Module:
-    """The model to ship: the ship backend's (INC static int8 with ``[inc.static]``), else
-    ``model`` itself. The calibration batches are the first 512 training examples.
+def ship(plan: Plan, model: nn.Module) -> nn.Module:
+    """The model to ship: the plan's ship backend's (INC static int8 with ``[inc.static]``),
+    else ``model`` itself. The calibration batches are the first 512 training examples.
     """
-    tools = tools or resolve_tools(recipe, data.example)
-    if tools.ship is None:
+    if plan.tools.ship is None:
         return model
+    data = plan.data
     device = next(model.parameters()).device
     calib = train_batches(data.x_train[:512].to(device), data.y_train[:512].to(device), 128)
-    return tools.ship.ship(model, calib)
+    return plan.tools.ship.ship(model, calib)
 
 
 @dataclass(frozen=True)
@@ -51,16 +52,14 @@ def rebuild_final(path: Path, device: torch.device) -> Final:
 
     :raises InputError: not a final checkpoint of ``atmc run``.
     """
-    from .build import load_data
     from .recipe import recipe_from_dict
 
     payload = read_tagged(path, FINAL_FORMAT)
     try:
         recipe = recipe_from_dict(payload["recipe"], _rebuild_path(path, payload))
-        data = load_data(recipe)
-        torch.manual_seed(recipe.seed)
-        model = build_model(recipe, data).to(device)
-        tools = resolve_tools(recipe, data.example.to(device))
+        plan = make_plan(recipe, device, checks=False)
+        model = plan.new_model()
+        tools = plan.tools
         if payload["tools"] is not None:
             tools.compress.rebuild(model, payload["tools"])
         model.load_state_dict(payload["model"])
@@ -73,7 +72,7 @@ def rebuild_final(path: Path, device: torch.device) -> Final:
             "it was not modified."
         ) from exc
     model.eval()
-    return Final(recipe, data, model, ship(recipe, model, data, tools), tools)
+    return Final(recipe, plan.data, model, ship(plan, model), tools)
 
 
 def load_final(path: Path, device: torch.device) -> tuple[Recipe, Data, nn.Module, nn.Module]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +11,15 @@ import torch
 from torch import nn
 
 from ..adversary import model_device, unwrap_model
-from ..errors import ATMCError, InputError, describe
+from ..errors import ATMCError, InputError, InternalError, describe
 from . import latency
-from .build import Data, build_model, check_recipe, resolve_device
+from .build import resolve_device
 from .evaluation import evaluate_pair
 from .final import FINAL_FORMAT, Final, load_final, rebuild_final, ship
+from .plan import Plan, make_plan
 from .recipe import Recipe, RecipeError
 from .rundir import RunDir, load_checkpoint, read_json
-from .runner import Trainer
+from .runner import Trained, Trainer
 
 log = logging.getLogger(__name__)
 __all__ = ["Final", "evaluate_pair", "finish", "load_final", "rebuild_final", "run_recipe", "ship"]
@@ -32,17 +32,21 @@ def run_recipe(
     device: str | None = None,
     resume: bool = False,
     progress: bool = False,
+    plugin_manager: Any = None,
 ) -> dict[str, Any]:
     """Run ``recipe`` into the folder ``out``; returns the results (also in results.json).
 
     Every check on the recipe, the data, the device and the output folder runs before training.
+
+    :param plugin_manager: where the tools' backends and the attacks are looked up (default:
+        the process's :func:`~atmc_plugin.default_plugin_manager`).
     """
     from . import distributed
 
     dev = distributed.local_device(resolve_device(device or recipe.device))
     ctx = distributed.context(dev)
     try:
-        return _run(recipe, out, dev, ctx, resume, progress)
+        return _run(recipe, out, dev, ctx, resume, progress, plugin_manager)
     finally:
         ctx.close()
 
@@ -54,12 +58,14 @@ def _run(
     ctx: Any,
     resume: bool,
     progress: bool,
+    plugin_manager: Any,
 ) -> dict[str, Any]:
     failure: Exception | None = None
     checkpoint: dict[str, Any] | None = None
     run: RunDir | None = None
+    plan: Plan | None = None
     try:
-        data = check_recipe(recipe, dev)
+        plan = make_plan(recipe, dev, ctx, plugin_manager=plugin_manager)
         run = RunDir.prepare(out, recipe, resume, is_writer=ctx.is_writer)
         if resume and run.last.exists():
             checkpoint = load_checkpoint(run.last, recipe)
@@ -73,10 +79,10 @@ def _run(
         if run is not None:
             run.release()
         raise failure or ATMCError("another rank could not start the run; see rank 0's log.")
-    if run is None:
-        raise ATMCError("internal: the run folder was not prepared.")
+    if run is None or plan is None:
+        raise InternalError("the run folder or the plan was not prepared.")
     try:
-        return _train_and_finish(recipe, run, dev, ctx, data, checkpoint, progress, resume)
+        return _train_and_finish(plan, run, checkpoint, progress, resume)
     finally:
         run.release()
 
@@ -95,15 +101,13 @@ def _check_same_recipe(run: RunDir, recipe: Recipe) -> None:
 
 
 def _train_and_finish(
-    recipe: Recipe,
+    plan: Plan,
     run: RunDir,
-    dev: torch.device,
-    ctx: Any,
-    data: Data,
     checkpoint: dict[str, Any] | None,
     progress: bool,
     resume: bool,
 ) -> dict[str, Any]:
+    recipe, dev, ctx = plan.recipe, plan.device, plan.ctx
     if ctx.is_writer:
         if checkpoint is not None:
             run.truncate_metrics(int(checkpoint["metrics_count"]))
@@ -112,22 +116,20 @@ def _train_and_finish(
                 log.info("%s has no checkpoint yet: the run starts from scratch", run.root)
                 run.truncate_metrics(0)
             run.write_json(run.root / "run.json", _run_info(recipe, dev, ctx.world_size))
-    data = ctx.shard(data)
-    torch.manual_seed(recipe.seed)
-    model = build_model(recipe, data)
+    plan = plan.sharded()
+    torch.set_rng_state(plan.rng_after_build)  # the stream a freshly built model leaves
+    model = plan.new_model()
     if recipe.model_weights is not None and checkpoint is None:
         from .weights import load_weights
 
         load_weights(model, recipe.model_weights, f"{recipe.path}: [model] weights")
         log.info("the model starts from %s", recipe.model_weights)
-    model = model.to(dev)
-    trainer = Trainer(recipe, data, model, dev, run if ctx.is_writer else None, progress, ctx)
-    started = time.perf_counter()
-    trainer.run(checkpoint)
-    ctx.check_identical(trainer.model)
+    trainer = Trainer(plan, model, run if ctx.is_writer else None, progress)
+    trained = trainer.run(checkpoint)
+    ctx.check_identical(trained.model)
     if not ctx.is_writer:
         return {}
-    results = finish(trainer, run, time.perf_counter() - started)
+    results = finish(plan, trained, run, progress)
     from .report_md import write_report
 
     write_report(run)
@@ -169,17 +171,17 @@ def _run_info(recipe: Recipe, device: torch.device, world_size: int) -> dict[str
     }
 
 
-def _size(trainer: Trainer, run: RunDir, dense: nn.Module) -> dict[str, Any]:
+def _size(plan: Plan, trained: Trained, run: RunDir, dense: nn.Module) -> dict[str, Any]:
     """Paper-convention size ratio, storage-honest bytes (and the compact file), params, MACs."""
     from ..costs import total_macs
     from ..export import save_compact
 
-    model = unwrap_model(trainer.model)
+    model = unwrap_model(trained.model)
     dense_bytes = sum(t.numel() * t.element_size() for t in dense.state_dict().values())
     out: dict[str, Any] = {"dense_state_bytes": dense_bytes}
-    atmc = trainer.atmc
+    atmc = trained.atmc
     if atmc is not None:
-        elementwise, whole = trainer.backend.report()
+        elementwise, whole = trained.backend.report()
         # one MAC figure per model: atmc_plugin.costs' conv/linear MACs below (a tool's own
         # counter, such as Torch-Pruning's, also counts other ops and would disagree)
         out["compression"] = {k: v for k, v in whole.items() if k not in ("macs", "dense_macs")}
@@ -194,8 +196,8 @@ def _size(trainer: Trainer, run: RunDir, dense: nn.Module) -> dict[str, Any]:
                 "ratio_vs_dense": storage.total_bytes / dense_bytes,
             }
             out["compact_file_bytes"] = (run.root / "model.safetensors").stat().st_size
-    example = trainer.data.example[:1].to(trainer.device)
-    merged = _merged(model, trainer.recipe, trainer.data)
+    example = plan.data.example[:1].to(plan.device)
+    merged = _merged(model, plan)
     out["params"] = sum(p.numel() for p in model.parameters())
     out["macs"] = total_macs(merged, example)
     out["dense_params"] = sum(p.numel() for p in dense.parameters())
@@ -203,7 +205,7 @@ def _size(trainer: Trainer, run: RunDir, dense: nn.Module) -> dict[str, Any]:
     return out
 
 
-def _merged(model: nn.Module, recipe: Recipe, data: Data) -> nn.Module:
+def _merged(model: nn.Module, plan: Plan) -> nn.Module:
     """The deployed form of ``model``: factorized weights merged into one tensor per layer."""
     from torch.nn.utils import parametrize
 
@@ -212,33 +214,34 @@ def _merged(model: nn.Module, recipe: Recipe, data: Data) -> nn.Module:
     plain = unwrap_model(model)
     if not any(parametrize.is_parametrized(m) for m in plain.modules()):
         return plain
-    device = next(plain.parameters()).device
-    merged = build_model(recipe, data).to(device)  # factorized models are never pruned
+    merged = plan.new_model()  # factorized models are never pruned
     merged.load_state_dict(merged_state_dict(plain))
     return merged.eval()
 
 
-def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any]:
-    """INC conversion, evaluation of dense vs compressed, sizes, latency, artifacts."""
+def finish(plan: Plan, trained: Trained, run: RunDir, progress: bool = False) -> dict[str, Any]:
+    """INC conversion, evaluation of dense vs compressed, sizes, latency, artifacts: from the
+    plan and what training returned, nothing else."""
     from ..io import save_atomically
     from .rundir import sealed
 
-    recipe, data, dev = trainer.recipe, trainer.data, trainer.device
-    unwrap_model(trainer.model).eval()
-    shipped = ship(recipe, unwrap_model(trainer.model), data, trainer.tools)
-    dense = build_model(recipe, data).to(dev)
+    recipe, data, dev = plan.recipe, plan.data, plan.device
+    model = unwrap_model(trained.model)
+    model.eval()
+    shipped = ship(plan, model)
+    dense = plan.new_model()
     dense.load_state_dict(load_checkpoint(run.dense, recipe)["model"])
     dense.eval()
     models = {"dense": dense, "compressed": shipped}
-    evaluation, seconds = evaluate_pair(recipe, data, models, recipe.preset, dev, trainer.progress)
+    evaluation, seconds = evaluate_pair(recipe, data, models, recipe.preset, dev, progress)
     results: dict[str, Any] = {
         "recipe": recipe.name,
-        "train_seconds": train_seconds,
-        "int8": shipped is not unwrap_model(trainer.model),
+        "train_seconds": trained.seconds,
+        "int8": shipped is not model,
         "evaluation": evaluation,
         "evaluation_seconds": seconds,
-        "guard": trainer.guard.summary(),
-        "size": _size(trainer, run, dense),
+        "guard": trained.guard,
+        "size": _size(plan, trained, run, dense),
     }
     batch = data.x_test[: recipe.latency_batch].to(dev)
     measured = latency.measure(models, batch, compiled=recipe.compiled_latency)
@@ -248,14 +251,14 @@ def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any
     results["latency_compile_error"] = measured["compile_error"]
     results["latency_batch"] = len(batch)
     results["devices"] = {name: str(model_device(m)) for name, m in models.items()}
-    results["artifacts"] = _artifacts(trainer, run, shipped)
+    results["artifacts"] = _artifacts(plan, model, run, shipped)
     final = {
         "format": FINAL_FORMAT,
         "recipe": recipe.raw,
         "recipe_path": str(recipe.path.resolve()),
         "recipe_digest": recipe.digest,
-        "model": unwrap_model(trainer.model).state_dict(),
-        "tools": trainer.backend.state_dict() if trainer.atmc is not None else None,
+        "model": model.state_dict(),
+        "tools": trained.backend.state_dict() if trained.atmc is not None else None,
     }
     save_atomically(sealed(final), run.final)
     run.write_json(run.results, results)
@@ -263,7 +266,7 @@ def finish(trainer: Trainer, run: RunDir, train_seconds: float) -> dict[str, Any
     return results
 
 
-def _artifacts(trainer: Trainer, run: RunDir, shipped: nn.Module) -> dict[str, Any]:
+def _artifacts(plan: Plan, model: nn.Module, run: RunDir, shipped: nn.Module) -> dict[str, Any]:
     """The compressed model (and the shipped one) as pt2 files in ``RUN_DIR/export``, checked
     and timed at batch 1 and the recipe's latency batch on the CPU, as a server loads them.
 
@@ -274,13 +277,13 @@ def _artifacts(trainer: Trainer, run: RunDir, shipped: nn.Module) -> dict[str, A
 
     from .exporting import write_artifacts
 
-    recipe = trainer.recipe
-    fp32 = copy.deepcopy(unwrap_model(trainer.model)).cpu().eval()
+    recipe = plan.recipe
+    fp32 = copy.deepcopy(model).cpu().eval()
     models = {"compressed": fp32}
-    if shipped is not unwrap_model(trainer.model):
+    if shipped is not model:
         models["shipped"] = shipped
     batches = sorted({1, recipe.latency_batch})
-    example = trainer.data.example.cpu()
+    example = plan.data.example.cpu()
     try:
         records = write_artifacts(
             models,

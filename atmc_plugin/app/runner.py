@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,14 +28,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..adversary import unwrap_model
+from ..backend import CompressionBackend
 from ..config import ATMCConfig
 from ..core import ATMC
-from ..errors import ATMCError, InputError, ScheduleWarning
-from .backends import resolve_tools
-from .build import Data
+from ..errors import ATMCError, InputError, InternalError, ScheduleWarning
 from .guarding import RunGuard
+from .plan import Plan
 from .precision import Precision, cuda_throughput
-from .recipe import Recipe
 from .rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -46,38 +46,49 @@ class DivergedError(ATMCError):
     """Training produced a non-finite loss or weight; the last good checkpoint is kept."""
 
 
+@dataclass(frozen=True)
+class Trained:
+    """What training hands to the end of the run (:func:`atmc_plugin.app.job.finish`).
+
+    :param model: the trained, compressed model (fp32, on the training device).
+    :param backend: the compression backend that trained it (its report and state).
+    :param atmc: the ATMC session of the compression and fine-tuning stages.
+    :param guard: the overfitting guard's record (``results.json``'s ``"guard"``).
+    :param seconds: training wall time.
+    """
+
+    model: nn.Module
+    backend: CompressionBackend
+    atmc: ATMC | None
+    guard: dict[str, Any]
+    seconds: float
+
+
 class Trainer:
     """Holds the model and the tools of the current stage; :meth:`run` drives the stages.
 
-    :param recipe: the validated recipe.
-    :param data: its data (see :func:`atmc_plugin.app.build.check_recipe`).
-    :param device: where to train.
+    :param plan: the run's plan (recipe, device, distributed context, data, tools).
+    :param model: the model to train (a copy of the plan's, with ``[model] weights``).
     :param run: the run folder (``None`` on ranks that do not write).
     :param progress: show tqdm progress bars.
-    :param ctx: the :class:`~atmc_plugin.app.distributed.Context` (default: one process).
     """
 
     def __init__(
         self,
-        recipe: Recipe,
-        data: Data,
+        plan: Plan,
         model: nn.Module,
-        device: torch.device,
         run: RunDir | None,
         progress: bool = False,
-        ctx: Any = None,
     ) -> None:
+        recipe, data, device, ctx = plan.recipe, plan.data, plan.device, plan.ctx
         self.recipe = recipe
         self.data = data
         self.device = device
         self.run_dir = run
         self.progress = progress
         self.model = model
-        if ctx is None:
-            from .distributed import Context
-
-            ctx = Context()
         self.ctx = ctx
+        self.plugin_manager = plan.plugin_manager
         self.guard = RunGuard(recipe, data, reduce=ctx.mean if ctx.distributed else None)
         self.train_set = self.guard.training_part(data.train_set())
         self.precision = Precision(recipe.train.precision, device)
@@ -85,13 +96,11 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(recipe.seed)
         self.metrics_count = 0
         self.atmc: ATMC | None = None  # the ATMC of the compress/finetune stages
-        self.tools = resolve_tools(recipe, data.example.to(device))
-        self.backend = self.tools.compress
+        self.backend = plan.tools.compress
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.perturb: Any = None
         self.penalty: Any = None
-        self.history: list[dict[str, Any]] = []
         self._ddp: tuple[tuple[int, ...], nn.Module] | None = None
 
     def forward_model(self) -> nn.Module:
@@ -105,33 +114,35 @@ class Trainer:
         return self._ddp[1]
 
     # -- stage set-up ------------------------------------------------------------------------
-    def _optimizer(self, stage: str, epochs: int, model: nn.Module | None = None) -> Any:
+    def _new_optimizer(self, stage: str, model: nn.Module) -> torch.optim.Optimizer:
+        """The stage's optimizer over ``model``'s parameters (nothing else is touched)."""
         spec = self.recipe.train
         lr = spec.lr * STAGE_LR[stage]
-        params = (model or self.model).parameters()
+        params = model.parameters()
         decay = spec.weight_decay if stage != "finetune" else 0.0
         if spec.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=decay)
-        else:
-            self.optimizer = torch.optim.SGD(
-                params, lr=lr, momentum=spec.momentum, weight_decay=decay
-            )
-        sched = torch.optim.lr_scheduler
+            return torch.optim.AdamW(params, lr=lr, weight_decay=decay)
+        return torch.optim.SGD(params, lr=lr, momentum=spec.momentum, weight_decay=decay)
+
+    def _use_optimizer(self, optimizer: torch.optim.Optimizer, epochs: int) -> None:
+        """Train the stage with ``optimizer`` and its learning-rate schedule."""
+        spec, sched = self.recipe.train, torch.optim.lr_scheduler
+        self.optimizer = optimizer
         if spec.schedule == "cosine":
-            self.scheduler = sched.CosineAnnealingLR(self.optimizer, max(1, epochs))
+            self.scheduler = sched.CosineAnnealingLR(optimizer, max(1, epochs))
         elif spec.schedule == "step":
-            self.scheduler = sched.StepLR(self.optimizer, max(1, -(-epochs // 3)), gamma=0.1)
+            self.scheduler = sched.StepLR(optimizer, max(1, -(-epochs // 3)), gamma=0.1)
         else:
-            self.scheduler = sched.ConstantLR(self.optimizer, factor=1.0, total_iters=0)
-        return self.optimizer
+            self.scheduler = sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
     def _build_compress(self) -> None:
         """Create the compress stage's tools on the current model (fresh or pre-trained)."""
         recipe = self.recipe
         epochs = dict(recipe.stages)["compress"]
-        self.model, self.atmc, _ = self.backend.prepare(
-            self.model, lambda model: self._optimizer("compress", epochs, model)
+        self.model, self.atmc, optimizer = self.backend.prepare(
+            self.model, lambda model: self._new_optimizer("compress", model)
         )
+        self._use_optimizer(optimizer, epochs)
         self.perturb, self.penalty = self.atmc.perturb, self.atmc.penalty
         stage_steps = epochs * -(-len(self.data.y_train) // recipe.batch_size)
         # The stage's length is the horizon of the budget anneal (ramp_fraction of it unless
@@ -158,16 +169,20 @@ class Trainer:
 
     def _require_optimizer(self) -> torch.optim.Optimizer:
         if self.optimizer is None:
-            raise ATMCError("internal: no optimizer for the current stage.")
+            raise InternalError("no optimizer for the current stage.")
         return self.optimizer
 
     def enter(self, stage: str, restore: dict[str, Any] | None) -> None:
         """Build ``stage``'s tools; with ``restore`` (a checkpoint of this stage) load states."""
         epochs = dict(self.recipe.stages)[stage]
         if stage == "pretrain":
-            dense = ATMC(self.model, ATMCConfig(attack=self.recipe.atmc.attack))
+            dense = ATMC(
+                self.model,
+                ATMCConfig(attack=self.recipe.atmc.attack),
+                plugin_manager=self.plugin_manager,
+            )
             self.perturb, self.penalty = dense.perturb, None
-            self._optimizer("pretrain", epochs)
+            self._use_optimizer(self._new_optimizer("pretrain", self.model), epochs)
             self._watch(stage, dense, restore)
         else:
             if stage == "compress" or restore is not None:
@@ -179,7 +194,7 @@ class Trainer:
             if restore is None:
                 self._finalize()
             atmc = self._require_atmc()
-            self._optimizer("finetune", epochs)
+            self._use_optimizer(self._new_optimizer("finetune", self.model), epochs)
             atmc.attach(self._require_optimizer())
             self.perturb, self.penalty = atmc.perturb, None
         if stage != "pretrain":
@@ -218,7 +233,7 @@ class Trainer:
 
     def _require_atmc(self) -> ATMC:
         if self.atmc is None:
-            raise ATMCError("internal: the compress stage has not been built.")
+            raise InternalError("the compress stage has not been built.")
         return self.atmc
 
     def _load_tools(self, restore: dict[str, Any]) -> None:
@@ -365,8 +380,19 @@ class Trainer:
             state["tools"] = self.backend.state_dict()
         return state
 
-    def run(self, checkpoint: dict[str, Any] | None) -> None:
+    def run(self, checkpoint: dict[str, Any] | None) -> Trained:
         """Run (or continue from ``checkpoint``) the three stages."""
+        started = time.perf_counter()
+        self._stages(checkpoint)
+        return Trained(
+            model=self.model,
+            backend=self.backend,
+            atmc=self.atmc,
+            guard=self.guard.summary(),
+            seconds=time.perf_counter() - started,
+        )
+
+    def _stages(self, checkpoint: dict[str, Any] | None) -> None:
         start_stage = int(checkpoint["stage"]) if checkpoint else 0
         start_epoch = int(checkpoint["epoch"]) if checkpoint else 0
         offset = sum(e for _, e in self.recipe.stages[:start_stage])
@@ -424,7 +450,6 @@ class Trainer:
             offset += epochs
 
     def _record(self, record: dict[str, Any]) -> None:
-        self.history.append(record)
         self.metrics_count += 1
         if self.run_dir is not None:
             self.run_dir.log_metrics(record)
