@@ -109,8 +109,18 @@ def atmc_command_backend(
     :param section: ``"torch_pruning"`` or ``"inc.atmc"`` (a
         :class:`~atmc_plugin.backend.CompressionBackend` is wanted), ``"inc.static"`` (a
         :class:`~atmc_plugin.backend.ShipBackend`), or a section a third-party tool defines.
-    :param settings: the section's keys and values, as the recipe gives them.
+    :param settings: the section's keys and values, as the recipe gives them: the backend
+        validates them (raise :class:`~atmc_plugin.ConfigError` naming the key, the value and
+        the fix; :class:`atmc_plugin.settings.Settings` does it), the command adds the file.
     :param context: the run's ``[atmc]`` configuration, an example batch, seed, source.
+    """
+
+
+@hookspec
+def atmc_command_sections() -> list[str]:
+    """The recipe sections this plugin's :func:`atmc_command_backend` serves (e.g.
+    ``["inc.atmc", "inc.static", "inc.rtn"]``): listed by ``atmc plugins`` and offered as
+    "did you mean" for a section no plugin handles. Results of all plugins are collected.
     """
 
 

@@ -167,3 +167,48 @@ def test_a_run_builds_its_model_and_its_tools_once(tmp_path: Path, monkeypatch) 
     (tmp_path / "r.toml").write_text(recipe)
     run_recipe(load_recipe(tmp_path / "r.toml"), tmp_path / "o")
     assert counts == {"build_model": 1, "resolve_tools": 1}
+
+
+def test_a_plugin_adds_a_recipe_section_without_touching_the_command(tmp_path: Path) -> None:
+    """A third tool: its plugin declares a section, validates it with the library's Settings
+    (errors name the file, key, value and fix), and the command runs it. Nothing in app/
+    knows the name ``mytool``."""
+    import atmc_plugin
+    from atmc_plugin import ConfigError, get_plugin_manager
+    from atmc_plugin.app.backends import PlainBackend
+    from atmc_plugin.app.job import run_recipe
+    from atmc_plugin.app.recipe import RecipeError, load_recipe
+    from atmc_plugin.settings import Settings
+
+    seen: list[float] = []
+
+    class MyTool(PlainBackend):
+        section = "mytool"
+
+        def __init__(self, settings, context) -> None:
+            s = Settings("mytool", settings, keys=("strength",))
+            seen.append(s.number("strength", 1.0, high=10.0))
+            super().__init__(context)
+
+    class Plugin:
+        @atmc_plugin.hookimpl
+        def atmc_command_sections(self):
+            return ["mytool"]
+
+        @atmc_plugin.hookimpl
+        def atmc_command_backend(self, section, settings, context):
+            return MyTool(settings, context) if section == "mytool" else None
+
+    pm = get_plugin_manager()
+    pm.register(Plugin(), name="mytool")
+    base = (ROOT / "tests" / "recipes" / "tiny_tp.toml").read_text()
+    base = base[: base.index("[torch_pruning]")] + base[base.index("[atmc.attack]") :]
+    base = base.replace("compress_epochs = 3", "compress_epochs = 1")
+    base = base.replace("finetune_epochs = 2", "finetune_epochs = 1")
+    (tmp_path / "bad.toml").write_text(base + "\n[mytool]\nstrenght = 2\n")
+    with pytest.raises(RecipeError, match=r"bad\.toml: \[mytool\] has an unknown key 'strenght'"):
+        run_recipe(load_recipe(tmp_path / "bad.toml"), tmp_path / "o1", plugin_manager=pm)
+    (tmp_path / "r.toml").write_text(base + "\n[mytool]\nstrength = 2.5\n")
+    run_recipe(load_recipe(tmp_path / "r.toml"), tmp_path / "o2", plugin_manager=pm)
+    assert seen[-1] == 2.5 and (tmp_path / "o2" / "results.json").is_file()
+    assert issubclass(RecipeError, ConfigError)

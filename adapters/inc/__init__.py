@@ -105,6 +105,12 @@ def atmc_build_adapter(target: Any, config: ATMCConfig, options: Mapping[str, An
 
 
 @hookimpl
+def atmc_command_sections() -> list[str]:
+    """INC's recipe sections: compression through INC, and the two ways to ship."""
+    return ["inc.atmc", "inc.static", "inc.rtn"]
+
+
+@hookimpl
 def atmc_command_backend(section: str, settings: Mapping[str, Any], context: Any) -> Any:
     """The ``atmc`` command's backends for ``[inc.atmc]``, ``[inc.static]``, ``[inc.rtn]``."""
     if section not in ("inc.atmc", "inc.static", "inc.rtn"):

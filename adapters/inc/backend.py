@@ -38,6 +38,13 @@ class ATMCQuantBackend(SessionBackend):
     section = "inc.atmc"
 
     def __init__(self, settings: Mapping[str, Any], context: BackendContext) -> None:
+        constraint = context.atmc.constraint
+        if constraint.sparse or constraint.quantized:
+            raise ConfigError(
+                f"[{self.section}] and [atmc.constraint] both set the constraint; with "
+                f"[{self.section}] leave [atmc.constraint] out ([atmc.attack] still sets the "
+                "pre-training attack)."
+            )
         try:
             config = ATMCQuantConfig.from_dict(dict(settings))
             config.validate()

@@ -79,6 +79,12 @@ def atmc_build_adapter(target: Any, config: ATMCConfig, options: Mapping[str, An
 
 
 @hookimpl
+def atmc_command_sections() -> list[str]:
+    """The recipe section of Torch-Pruning."""
+    return ["torch_pruning"]
+
+
+@hookimpl
 def atmc_command_backend(section: str, settings: Mapping[str, Any], context: Any) -> Any:
     """The ``atmc`` command's backend for the ``[torch_pruning]`` recipe section."""
     if section != "torch_pruning":

@@ -22,12 +22,31 @@ from atmc_plugin import ATMC, ConfigError
 from atmc_plugin.backend import BackendContext, MakeOptimizer
 from atmc_plugin.errors import InternalError
 from atmc_plugin.report import CompressionReport
+from atmc_plugin.settings import Settings
 
-from .pruner import ATMCPruner, pruned_output_layers
+from .pruner import ATMCPruner, pruned_output_layers, refuse_factorized
 
 log = logging.getLogger(__name__)
 SECTION = "torch_pruning"
 OUR_IMPORTANCES = ("ADMMProxyImportance", "RobustTaylorImportance")
+
+
+def checked_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``[torch_pruning]`` section with its defaults, its values checked (the pruner's own
+    keywords are checked against its signature when it is built).
+
+    :raises ConfigError: naming the key, the value and the fix.
+    """
+    s = Settings(SECTION, settings)
+    if "pruner" not in s.data:
+        raise s.error("pruner", None, "name a torch_pruning.pruner class, e.g. 'GroupNormPruner'")
+    out = dict(s.data)
+    s.string("pruner", "")
+    out["importance"] = s.string("importance", "ADMMProxyImportance")
+    out["pruning_ratio"] = s.number("pruning_ratio", 0.5, high=0.99)
+    out["iterative_steps"] = s.integer("iterative_steps", 1, low=1)
+    out["ignored_layers"] = s.strings("ignored_layers")
+    return out
 
 
 def build_pruner(settings: Mapping[str, Any], model: nn.Module, example: Tensor) -> Any:
@@ -142,7 +161,8 @@ class PruningBackend:
     section = SECTION
 
     def __init__(self, settings: Mapping[str, Any], context: BackendContext) -> None:
-        self.settings = dict(settings)
+        self.settings = checked_settings(settings)
+        refuse_factorized(context.atmc)
         self.context = context
         self.pruner: ATMCPruner | None = None
         self._regularize_takes_loss = False  # decided once in prepare, not per step

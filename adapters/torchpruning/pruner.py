@@ -41,7 +41,21 @@ from .preflight import (
 )
 from .report import PruningReport, build_pruning_report
 
-__all__ = ["ATMCPruner", "PrunerAwareImportance", "pruned_output_layers"]
+__all__ = ["ATMCPruner", "PrunerAwareImportance", "pruned_output_layers", "refuse_factorized"]
+
+
+def refuse_factorized(config: ATMCConfig) -> None:
+    """Torch-Pruning slices weights; a factorized weight (``U V + C``) cannot be sliced.
+
+    :raises ConfigError: ``constraint.factorize`` is on.
+    """
+    if config.constraint.factorize:
+        raise ConfigError(
+            "constraint.factorize = true cannot be combined with Torch-Pruning: the "
+            "factorization re-parametrizes the weights Torch-Pruning slices. Use "
+            "factorize = false (in a recipe: remove it from [atmc.constraint]), or compress "
+            "the factorized model without structural pruning."
+        )
 
 
 @runtime_checkable
@@ -146,12 +160,7 @@ class ATMCPruner:
         total_steps: int | None = None,
     ) -> None:
         model = pruner.model
-        if config.constraint.factorize:
-            raise ConfigError(
-                "constraint.factorize = true cannot be combined with Torch-Pruning: the "
-                "factorization re-parametrizes the weights Torch-Pruning slices. Use "
-                "factorize = false, or compress the factorized model without structural pruning."
-            )
+        refuse_factorized(config)
         if pruner.current_step != 0:
             raise InputError(
                 f"the pruner has already taken {pruner.current_step} step(s); wrap it before its "

@@ -23,9 +23,9 @@ from ..backend import (
     ShipBackend,
 )
 from ..core import ATMC
-from ..errors import ATMCError, InputError
+from ..errors import ATMCError, InputError, did_you_mean
 from ..plugins import ENTRY_POINT_GROUP, default_plugin_manager
-from .recipe import Recipe, RecipeError
+from .recipe import RUN_SECTIONS, Recipe, RecipeError
 
 
 class PlainBackend(SessionBackend):
@@ -66,12 +66,7 @@ class Tools:
 
 def tool_sections(recipe: Recipe) -> list[tuple[str, dict[str, Any]]]:
     """``(section name, settings)`` of every tool section of ``recipe``, in file order."""
-    sections = []
-    if recipe.torch_pruning is not None:
-        sections.append(("torch_pruning", dict(recipe.torch_pruning)))
-    for algo, settings in (recipe.inc or {}).items():
-        sections.append((f"inc.{algo}", dict(settings)))
-    return sections
+    return [(name, dict(settings)) for name, settings in recipe.tools]
 
 
 def resolve_tools(recipe: Recipe, example: Tensor, plugin_manager: Any = None) -> Tools:
@@ -98,10 +93,13 @@ def resolve_tools(recipe: Recipe, example: Tensor, plugin_manager: Any = None) -
         except ATMCError as exc:
             raise RecipeError(f"{recipe.path}: {exc}") from exc
         if backend is None:
+            known = [*RUN_SECTIONS, *known_tool_sections(pm)]
             raise RecipeError(
-                f"{recipe.path}: no installed plugin handles the [{section}] section. Install "
-                f"the adapter of its tool (a plugin of the {ENTRY_POINT_GROUP!r} entry-point "
-                "group implementing atmc_command_backend), or remove the section."
+                f"{recipe.path}: no installed plugin handles the [{section}] section."
+                f"{did_you_mean(section, known)} Sections the installed plugins handle: "
+                f"{', '.join(known_tool_sections(pm)) or 'none'}; the run's own: "
+                f"{', '.join(RUN_SECTIONS)}. A tool's section needs its adapter (a plugin of the "
+                f"{ENTRY_POINT_GROUP!r} entry-point group implementing atmc_command_backend)."
             )
         if isinstance(backend, CompressionBackend):
             compressors.append(backend)
@@ -112,16 +110,23 @@ def resolve_tools(recipe: Recipe, example: Tensor, plugin_manager: Any = None) -
                 f"the plugin backend for [{section}] ({type(backend).__name__}) implements "
                 "neither CompressionBackend nor ShipBackend (atmc_plugin.backend)."
             )
-    if len(compressors) > 1 or len(shippers) > 1:
-        names = [b.section for b in compressors] + [b.section for b in shippers]
-        raise RecipeError(
-            f"{recipe.path}: sections {names} name more than one compressor or shipper; "
-            "keep one of each."
-        )
+    for kind, found in (("compress", compressors), ("ship", shippers)):
+        if len(found) > 1:
+            names = " and ".join(f"[{b.section}]" for b in found)
+            raise RecipeError(
+                f"{recipe.path}: {names} both {kind} the model; a run has one tool that "
+                f"compresses and at most one that ships: keep one of them."
+            )
     return Tools(
         compress=compressors[0] if compressors else PlainBackend(context),
         ship=shippers[0] if shippers else None,
     )
+
+
+def known_tool_sections(plugin_manager: Any = None) -> list[str]:
+    """The tool sections the installed plugins declare (``atmc_command_sections``)."""
+    pm = plugin_manager if plugin_manager is not None else default_plugin_manager()
+    return sorted({s for names in pm.hook.atmc_command_sections() for s in names})
 
 
 def check_tools(recipe: Recipe, tools: Tools, model: nn.Module) -> None:

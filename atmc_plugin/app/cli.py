@@ -206,6 +206,10 @@ def _cmd_plugins(_args: argparse.Namespace) -> int:
         kind = "adapter" if id(plugin) in adapters else "plugin"
         _say(f"{name}  [{kind}, {origins[name]}]  {getattr(plugin, '__name__', plugin)}")
         _say(f"    hooks: {', '.join(hooks)}")
+        declare = getattr(plugin, "atmc_command_sections", None)
+        if "atmc_command_sections" in hooks and callable(declare):
+            sections = declare()
+            _say(f"    recipe sections: {', '.join(f'[{s}]' for s in sections)}")
     return 0
 
 

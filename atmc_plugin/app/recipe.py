@@ -3,8 +3,10 @@
 A recipe holds the existing tools' settings in their own vocabulary: ``[torch_pruning]`` names a
 Torch-Pruning pruner class and its keyword arguments, ``[inc]`` is INC's dict form of a
 quantization config (``{"static": {...}}``, ``{"atmc": {...}}``), and ``[atmc]`` is
-:class:`~atmc_plugin.ATMCConfig`. Everything is validated by :func:`load_recipe` before any work
-starts; a :class:`RecipeError` names the file, the key, the bad value and the fix.
+:class:`~atmc_plugin.ATMCConfig`. The run's own sections are validated by :func:`load_recipe`;
+every other section belongs to a tool and is validated by that tool's backend (its adapter),
+in :func:`atmc_plugin.app.plan.make_plan`, still before any work. Either way a
+:class:`RecipeError` names the file, the key, the bad value and the fix.
 
 Sections (all but ``[model]`` optional)::
 
@@ -38,7 +40,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 from ..errors import ConfigError, did_you_mean
+from ..settings import Settings
 
 DATASETS = ("digits", "cifar10")
 MODELS = ("digits_cnn", "mlp", "resnet")
@@ -70,7 +72,8 @@ MODEL_ARGS: dict[str, dict[str, tuple[str, int, int]]] = {
 }
 DEVICES = ("auto", "cpu", "cuda")
 PRESETS = ("quick", "standard")
-INC_ALGORITHMS = ("static", "atmc", "rtn")
+RUN_SECTIONS = ("run", "data", "model", "train", "atmc", "guard", "eval")
+"""The run's own sections; every other table is a tool's section (see :func:`_tool_sections`)."""
 OPTIMIZERS = ("sgd", "adamw")
 AUGMENTATIONS = ("none", "shift", "flip_shift")
 LR_SCHEDULES = ("cosine", "step", "constant")
@@ -129,8 +132,7 @@ class Recipe:
     train: TrainSpec
     atmc: ATMCConfig
     guard: GuardConfig
-    torch_pruning: dict[str, Any] | None
-    inc: dict[str, Any] | None
+    tools: tuple[tuple[str, dict[str, Any]], ...]
     preset: str
     eps: float
     eval_limit: int | None
@@ -173,61 +175,10 @@ def _digest(text: str, weights: Path | None) -> str:
     return h.hexdigest()[:16]
 
 
-class _Section:
-    """Typed reads from one recipe section, with errors that name file, key, value and fix."""
-
-    def __init__(self, path: Path, name: str, data: Any, keys: tuple[str, ...] | None) -> None:
-        self.path, self.name = path, name
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            raise self.error(name, data, f"[{name}] must be a table")
-        self.data = dict(data)
-        if keys is not None:
-            for key in self.data:
-                if key not in keys:
-                    raise RecipeError(
-                        f"{path}: [{name}] has an unknown key {key!r}.{did_you_mean(key, keys)} "
-                        f"Valid keys: {', '.join(keys)}."
-                    )
-
-    def error(self, key: str, value: Any, fix: str) -> RecipeError:
-        return RecipeError(f"{self.path}: [{self.name}] {key} = {value!r}: {fix}.")
-
-    def integer(self, key: str, default: int | None, low: int = 0, high: int = MAX_COUNT) -> Any:
-        value = self.data.get(key, default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.error(key, value, f"expected an integer in [{low}, {high}]")
-        return value
-
-    def number(self, key: str, default: float, low: float = 0.0, high: float = math.inf) -> float:
-        value = self.data.get(key, default)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not ok or not math.isfinite(value) or not low <= value <= high:
-            bound = f"in [{low}, {high}]" if math.isfinite(high) else f">= {low}"
-            raise self.error(key, value, f"expected a number {bound}")
-        return float(value)
-
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.data.get(key, default)
-        if not isinstance(value, str) or value not in choices:
-            hint = did_you_mean(value, choices) if isinstance(value, str) else ""
-            raise self.error(key, value, f"choose one of {', '.join(choices)}.{hint}".rstrip("."))
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.data.get(key, default)
-        if not isinstance(value, bool):
-            raise self.error(key, value, "expected true or false")
-        return value
-
-    def string(self, key: str, default: str) -> str:
-        value = self.data.get(key, default)
-        if not isinstance(value, str) or not value:
-            raise self.error(key, value, "expected a non-empty string")
-        return value
+def _section(path: Path, name: str, data: Any, keys: tuple[str, ...] | None) -> Settings:
+    """A recipe section: :class:`~atmc_plugin.settings.Settings` whose errors are
+    :class:`RecipeError` naming the file."""
+    return Settings(name, data, keys, error=RecipeError, where=f"{path}: ")
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -247,17 +198,14 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
     """Validate the parsed form of a recipe (``path`` is used in messages and for ``data.path``)."""
-    sections = ("run", "data", "model", "train", "torch_pruning", "inc", "atmc", "guard", "eval")
-    for key in raw:
-        if key not in sections:
-            raise RecipeError(
-                f"{path}: unknown section [{key}].{did_you_mean(key, sections)} "
-                f"Valid sections: {', '.join(sections)}."
-            )
     if "model" not in raw:
-        raise RecipeError(f"{path}: the [model] section is missing; add e.g. name = 'digits_cnn'.")
-    run = _Section(path, "run", raw.get("run"), ("name", "seed", "device"))
-    data = _Section(
+        typo = did_you_mean("model", [str(k) for k in raw])
+        hint = f" ([{typo.split(chr(39))[1]}] is not a section: a typo?)" if typo else ""
+        raise RecipeError(
+            f"{path}: the [model] section is missing{hint}; add e.g. name = 'digits_cnn'."
+        )
+    run = _section(path, "run", raw.get("run"), ("name", "seed", "device"))
+    data = _section(
         path,
         "data",
         raw.get("data"),
@@ -273,9 +221,9 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
             "workers",
         ),
     )
-    model = _Section(path, "model", raw["model"], None)
-    train = _Section(path, "train", raw.get("train"), tuple(TrainSpec.__dataclass_fields__))
-    ev = _Section(
+    model = _section(path, "model", raw["model"], None)
+    train = _section(path, "train", raw.get("train"), tuple(TrainSpec.__dataclass_fields__))
+    ev = _section(
         path,
         "eval",
         raw.get("eval"),
@@ -332,8 +280,7 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         guard = GuardConfig.from_dict(raw.get("guard", {}))
     except ConfigError as exc:
         raise RecipeError(f"{path}: [guard] {exc}") from exc
-    tp_section = _torch_pruning(path, raw.get("torch_pruning"), atmc)
-    inc = _inc(path, raw.get("inc"), tp_section, atmc)
+    tools = _tool_sections(path, raw)
     default_eps = atmc.attack.eps if atmc.attack is not None else 8 / 255
     return Recipe(
         path=path,
@@ -357,8 +304,7 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         train=spec,
         atmc=atmc,
         guard=guard,
-        torch_pruning=tp_section,
-        inc=inc,
+        tools=tools,
         preset=ev.choice("preset", "quick", PRESETS),
         eps=ev.number("eps", default_eps, low=1e-12, high=1.0),
         eval_limit=ev.integer("limit", None, low=1),
@@ -368,66 +314,25 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
     )
 
 
-def _torch_pruning(path: Path, data: Any, atmc: ATMCConfig) -> dict[str, Any] | None:
-    if data is None:
-        return None
-    section = _Section(path, "torch_pruning", data, None)
-    out = dict(section.data)
-    section.string("pruner", "")
-    out.setdefault("importance", "ADMMProxyImportance")
-    section.string("importance", "ADMMProxyImportance")
-    out["pruning_ratio"] = section.number("pruning_ratio", 0.5, high=0.99)
-    out["iterative_steps"] = section.integer("iterative_steps", 1, low=1)
-    ignored = out.get("ignored_layers", [])
-    if not isinstance(ignored, list) or not all(isinstance(n, str) for n in ignored):
-        raise section.error("ignored_layers", ignored, "expected a list of module names")
-    out["ignored_layers"] = ignored
-    if atmc.constraint.factorize:
-        raise section.error(
-            "pruner",
-            out["pruner"],
-            "[atmc.constraint] factorize = true cannot be combined "
-            "with structural pruning; remove factorize or the [torch_pruning] section",
-        )
-    return out
-
-
-def _inc(
-    path: Path, data: Any, tp_section: dict[str, Any] | None, atmc: ATMCConfig
-) -> dict[str, Any] | None:
-    if data is None:
-        return None
-    section = _Section(path, "inc", data, INC_ALGORITHMS)
-    for key, value in section.data.items():
+def _tool_sections(path: Path, raw: Mapping[str, Any]) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """Every section that is not the run's own, as ``(name, settings)`` in file order: a
+    table of tables (``[inc.static]``, ``[inc.rtn]``) gives one section per inner table
+    (``"inc.static"``), any other table one section (``"torch_pruning"``). Their settings are
+    the tools' to check: each tool's backend validates its own section."""
+    out = []
+    for name, value in raw.items():
+        if name in RUN_SECTIONS:
+            continue
         if not isinstance(value, Mapping):
-            raise section.error(key, value, "expected a table of INC config settings")
-    if "atmc" in section.data:
-        if tp_section is not None:
-            raise section.error(
-                "atmc",
-                section.data["atmc"],
-                "ATMC runs either through Torch-Pruning's wrap "
-                "([torch_pruning] + [atmc.constraint]) or through INC's 'atmc' config, not both; "
-                "drop one of them",
-            )
-        if atmc.constraint.sparse or atmc.constraint.quantized:
-            raise section.error(
-                "atmc",
-                section.data["atmc"],
-                "the constraint is given twice; with [inc.atmc] "
-                "leave [atmc.constraint] out ([atmc.attack] still sets the pre-training attack)",
-            )
-    if "rtn" in section.data and "static" in section.data:
-        raise section.error(
-            "rtn",
-            section.data["rtn"],
-            "ship either INC static int8 ([inc.static]) or INC weight-only RTN ([inc.rtn]), "
-            "not both",
-        )
-    return {k: dict(v) for k, v in section.data.items()}
+            raise RecipeError(f"{path}: [{name}] must be a table, got {value!r}.")
+        if value and all(isinstance(v, Mapping) for v in value.values()):
+            out += [(f"{name}.{inner}", dict(v)) for inner, v in value.items()]
+        else:
+            out.append((name, dict(value)))
+    return tuple(out)
 
 
-def _plain_name(section: _Section, name: str) -> str:
+def _plain_name(section: Settings, name: str) -> str:
     """A run name is a folder name under ``runs/``, never a path."""
     bad = (
         not name
@@ -446,7 +351,7 @@ def _plain_name(section: _Section, name: str) -> str:
     return name
 
 
-def _model_kwargs(section: _Section, model_name: str) -> dict[str, Any]:
+def _model_kwargs(section: Settings, model_name: str) -> dict[str, Any]:
     """The model's keyword arguments, each checked against what the model takes."""
     known = MODEL_ARGS[model_name]
     out: dict[str, Any] = {}
