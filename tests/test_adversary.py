@@ -149,3 +149,11 @@ def test_cuda_model_cpu_batch(tiny_model, batch) -> None:
     adv = adversary(*batch)
     assert adv.device.type == "cpu"
     assert float((adv - batch[0]).abs().max()) <= 0.1 + 1e-6
+
+
+def test_the_built_in_attack_table_is_what_configs_accept() -> None:
+    from atmc_plugin.attacks import BUILT_IN
+    from atmc_plugin.config import SINGLE_STEP_ATTACKS, TRAINING_ATTACKS
+
+    assert tuple(BUILT_IN) == TRAINING_ATTACKS
+    assert set(SINGLE_STEP_ATTACKS) <= set(BUILT_IN)

@@ -69,7 +69,7 @@ def test_standard_preset_runs_the_ensemble(tiny_model) -> None:
     x, y = _data(8)
     tiny_model.eval()
     report = evaluate(tiny_model, (x, y), eps=0.3, preset="standard")
-    assert set(report.per_attack) == {"pgd20x5", "apgd-ce", "apgd-t", "fab-t", "square"}
+    assert set(report.per_attack) == {"pgd20x5", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square"}
 
 
 def test_cascade_attacks_only_the_points_still_robust(tiny_model) -> None:

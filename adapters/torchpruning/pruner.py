@@ -20,8 +20,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Generator, Iterator
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Generator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,7 @@ from .preflight import (
     pruned_output_layers,
 )
 from .report import PruningReport, build_pruning_report
+from .tracking import PrunerAwareImportance, TrackedGraph, TrackedGroup
 
 __all__ = ["ATMCPruner", "PrunerAwareImportance", "pruned_output_layers", "refuse_factorized"]
 
@@ -56,69 +57,6 @@ def refuse_factorized(config: ATMCConfig) -> None:
             "factorize = false (in a recipe: remove it from [atmc.constraint]), or compress "
             "the factorized model without structural pruning."
         )
-
-
-@runtime_checkable
-class PrunerAwareImportance(Protocol):
-    """An ``importance=`` that works with the wrapper (``ADMMProxyImportance``,
-    ``RobustTaylorImportance``): the wrapper calls these three methods; an importance without
-    them (Torch-Pruning's own) is used as it is."""
-
-    def bind(self, owner: ATMCPruner) -> None:
-        """Attach to the wrapped pruner (at ``wrap``)."""
-
-    def prepare(self) -> None:
-        """Right before each pruning step."""
-
-    def follow(self, change: slicing.ParamChange) -> None:
-        """After Torch-Pruning replaced a parameter."""
-
-
-class _TrackedGroup:
-    """A Torch-Pruning group whose ``prune()`` also slices the optimizer and ATMC state."""
-
-    def __init__(self, group: Any, owner: ATMCPruner) -> None:
-        self._group = group
-        self._owner = owner
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._group)
-
-    def __len__(self) -> int:
-        return len(self._group)
-
-    def __getitem__(self, index: int) -> Any:
-        return self._group[index]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._group, name)
-
-    def __repr__(self) -> str:
-        return repr(self._group)
-
-    def prune(self, *args: Any, **kwargs: Any) -> None:
-        self._owner._prune_group(self._group, *args, **kwargs)
-
-
-class _TrackedGraph:
-    """A Torch-Pruning ``DependencyGraph`` whose groups prune through the wrapper."""
-
-    def __init__(self, graph: Any, owner: ATMCPruner) -> None:
-        self._graph = graph
-        self._owner = owner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._graph, name)
-
-    def get_pruning_group(self, *args: Any, **kwargs: Any) -> _TrackedGroup:
-        return _TrackedGroup(self._graph.get_pruning_group(*args, **kwargs), self._owner)
-
-    def get_all_groups(self, *args: Any, **kwargs: Any) -> Iterator[_TrackedGroup]:
-        for group in self._graph.get_all_groups(*args, **kwargs):
-            yield _TrackedGroup(group, self._owner)
-
-    def load_pruning_history(self, pruning_history: Any) -> None:
-        self._owner.load_pruning_history(pruning_history)
 
 
 class ATMCPruner:
@@ -211,9 +149,9 @@ class ATMCPruner:
         return getattr(self._pruner, name)
 
     @property
-    def DG(self) -> _TrackedGraph:
+    def DG(self) -> TrackedGraph:
         """The pruner's dependency graph; groups it builds prune through this wrapper."""
-        return _TrackedGraph(self._pruner.DG, self)
+        return TrackedGraph(self._pruner.DG, self)
 
     def manual_prune_width(
         self, layer: nn.Module, pruning_fn: Any, pruning_ratios_or_idxs: float | list[int]
@@ -302,7 +240,7 @@ class ATMCPruner:
                 self._aware.prepare()
             groups = self._pruner.step(interactive=True)
             for group in groups or ():
-                yield _TrackedGroup(group, self)
+                yield TrackedGroup(group, self)
         self._after_step()
 
     def _prune_group(self, group: Any, *args: Any, **kwargs: Any) -> None:
