@@ -182,8 +182,20 @@ def run_example(name: str, threads: int) -> dict[str, Any]:
         "facts": facts,
         "wall_seconds": wall,
         "threads": threads,
+        "machine": cpu_model(),
         "date": datetime.date.today().isoformat(),
     }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{platform.machine()}, {os.cpu_count()} cores"
 
 
 def example_text(row: dict[str, Any]) -> str:
@@ -194,7 +206,8 @@ def example_text(row: dict[str, Any]) -> str:
             *row["table"],
             "",
             *([*facts, ""] if facts else []),
-            f"One run each, seed 0, OMP_NUM_THREADS={row['threads']}, {runs} wall "
+            f"One run each, seed 0, {row['machine'] + ', ' if row.get('machine') else ''}"
+            f"OMP_NUM_THREADS={row['threads']}, {runs} wall "
             f"({row['date']}; `python benchmarks/recipe_figures.py --examples {row['example']}`).",
         ]
     )
