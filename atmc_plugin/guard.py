@@ -10,7 +10,7 @@ The rule (:class:`GuardConfig`, defaults in brackets). Every ``every`` optimizer
 guard measures, on a fixed batch held out of training, in eval mode and without touching the
 global random stream:
 
-- ``r``: PGD-``pgd_steps`` [5] accuracy (step eps/4, random start) at the training eps;
+- ``r``: PGD-``pgd_steps`` [10] accuracy (step eps/4, random start) at the training eps;
 - ``s``: accuracy under the training attack itself.
 
 With ``best`` the highest ``r`` so far, the check is
@@ -82,7 +82,7 @@ class GuardConfig:
     enabled: str = "auto"
     points: int = 128
     every: int | None = None
-    pgd_steps: int = 5
+    pgd_steps: int = 10
     drop: float = 0.5
     min_drop: float = 0.1
     gap: float = 0.2
