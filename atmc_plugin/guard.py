@@ -226,6 +226,7 @@ class OverfitGuard:
         self.last: dict[str, float] = {}
         self.events: list[GuardEvent] = []
         self._snapshot: tuple[int, dict[str, Any]] | None = None
+        self._pgd: Adversary | None = None  # the check's attack, built at the first check
 
     @property
     def fired(self) -> bool:
@@ -273,8 +274,9 @@ class OverfitGuard:
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), preserved_modes(model):
             model.eval()
-            pgd = Adversary(model, self._check_attack, self.atmc.plugin_manager)
-            robust = _accuracy(model, pgd(x, y), y)
+            if self._pgd is None:
+                self._pgd = Adversary(model, self._check_attack, self.atmc.plugin_manager)
+            robust = _accuracy(model, self._pgd(x, y), y)
             single = _accuracy(model, self.atmc.perturb(x, y), y)
         if self.reduce is not None:
             robust, single = self.reduce([robust, single])

@@ -93,11 +93,11 @@ def resolve_tools(recipe: Recipe, example: Tensor, plugin_manager: Any = None) -
         except ATMCError as exc:
             raise RecipeError(f"{recipe.path}: {exc}") from exc
         if backend is None:
-            known = [*RUN_SECTIONS, *known_tool_sections(pm)]
+            theirs = known_tool_sections(pm)
             raise RecipeError(
                 f"{recipe.path}: no installed plugin handles the [{section}] section."
-                f"{did_you_mean(section, known)} Sections the installed plugins handle: "
-                f"{', '.join(known_tool_sections(pm)) or 'none'}; the run's own: "
+                f"{did_you_mean(section, [*RUN_SECTIONS, *theirs])} Sections the installed "
+                f"plugins handle: {', '.join(theirs) or 'none'}; the run's own: "
                 f"{', '.join(RUN_SECTIONS)}. A tool's section needs its adapter (a plugin of the "
                 f"{ENTRY_POINT_GROUP!r} entry-point group implementing atmc_command_backend)."
             )

@@ -122,18 +122,19 @@ def _check(plan: Plan) -> None:
         from .weights import load_weights
 
         load_weights(model, recipe.model_weights, f"{recipe.path}: [model] weights")
-    _check_constraint_fits(recipe, model, plan.plugin_manager)
-    check_tools(recipe, plan.tools, model)
+    check_tools(recipe, plan.tools, model)  # each backend on its own copy
+    _check_constraint_fits(recipe, model, plan.plugin_manager)  # last: it may change the model
 
 
 def _check_constraint_fits(recipe: Recipe, model: nn.Module, plugin_manager: Any) -> None:
-    """``[atmc]`` against this model (layers selected, budget within the weights), on a copy,
-    so that a bad include pattern or nnz fails before pre-training. (The one dry run of the
+    """``[atmc]`` against this model (layers selected, budget within the weights), so that a bad
+    include pattern or nnz fails before pre-training; ``model`` is the plan's throwaway copy
+    (a factorized constraint re-parametrizes it). (The one dry run of the
     recipe's ATMC: the plain backend's check leaves it to this; INC's checks its own section.)"""
     from ..core import ATMC
 
     try:
-        ATMC(copy.deepcopy(model), recipe.atmc, plugin_manager=plugin_manager)
+        ATMC(model, recipe.atmc, plugin_manager=plugin_manager)
     except ATMCError as exc:
         raise RecipeError(f"{recipe.path}: [atmc] {exc}") from exc
 

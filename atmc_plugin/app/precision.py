@@ -44,7 +44,6 @@ class Precision:
         self.device = device
         self.dtype = DTYPES.get(name)
         self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
-        self._unscaled = False
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.dtype is None:
@@ -56,13 +55,12 @@ class Precision:
             loss.backward()
         else:
             self.scaler.scale(loss).backward()
-        self._unscaled = False
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
-        """Bring fp16 gradients back to their true scale (no-op otherwise)."""
-        if self.scaler is not None and not self._unscaled:
+        """Bring fp16 gradients back to their true scale, once per step (no-op otherwise;
+        :meth:`step` then does not unscale them again)."""
+        if self.scaler is not None:
             self.scaler.unscale_(optimizer)
-            self._unscaled = True
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.scaler is None:

@@ -24,8 +24,8 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 CASCADE_NOTE = (
-    "Attacks ran as a cascade: each only on the points every earlier one missed, so t"
-    "he per-attack columns are cumulative and the last one is the worst case."
+    "Attacks ran as a cascade: each only on the points every earlier one missed, so the "
+    "per-attack columns are cumulative and the last one is the worst case."
 )
 
 
