@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,13 +40,22 @@ BUDGET_SCHEDULES = ("cubic", "constant")
 def lamp_scores(tensor: Tensor) -> Tensor:
     """LAMP score of every entry of ``tensor`` (same shape; zeros score 0, the largest 1)."""
     squared = tensor.detach().reshape(-1).float().pow(2)
-    ordered, order = torch.sort(squared)
+    ordered, order = _ascending(squared)
     # suffix sums of the ascending squares: everything at least as large as each entry
     suffix = ordered.flip(0).cumsum(0).flip(0)
     ranked = torch.where(suffix > 0, ordered / suffix.clamp_min(torch.finfo(suffix.dtype).tiny), 0)
     scores = torch.empty_like(ranked)
     scores[order] = ranked
     return scores.reshape(tensor.shape)
+
+
+def _ascending(values: Tensor) -> tuple[Tensor, Tensor]:
+    """``torch.sort(values)``; on CPU through numpy's SIMD argsort, about 3x faster there (the
+    projection sorts every compressed tensor at every step)."""
+    if values.device.type == "cpu":
+        order = torch.from_numpy(np.argsort(values.numpy()))
+        return values[order], order
+    return torch.sort(values)
 
 
 def allocation_scores(tensors: Sequence[Tensor], allocation: str) -> list[Tensor]:
