@@ -37,6 +37,16 @@ CONFIG_VERSION = 1
 TRAINING_ATTACKS = ("pgd", "fgsm", "ffgsm", "nfgsm", "tpgd")
 SINGLE_STEP_ATTACKS = ("fgsm", "ffgsm", "nfgsm")
 """One forward-backward pass per example: cheap, and watched by the overfitting guard."""
+ATTACK_PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {"name": "nfgsm"},
+    "standard": {"name": "pgd", "steps": 7},
+}
+"""Named training attacks (:meth:`AttackConfig.preset`, ``preset = "..."`` in ``[atmc.attack]``).
+
+``fast``: N-FGSM (one attack pass per step, the paper's noise 2 eps and step eps), watched by
+the overfitting guard; measured against ``standard`` (PGD-7) in the README's fast robust
+compression benchmark. ``standard``: PGD-7 with step ``2.5 eps / 7``.
+"""
 EVALUATION_ONLY_ATTACKS = ("apgd", "apgdt", "fab", "square", "autoattack")
 QUANTIZERS = ("codebook", "int")
 GRANULARITIES = ("tensor", "channel", "group")
@@ -175,6 +185,26 @@ class AttackConfig:
         if not isinstance(self.options, Mapping):
             raise _fail(s, "options", self.options, "expected a table of keyword arguments.")
         _set(self, "options", dict(self.options))
+
+    @classmethod
+    def preset(cls, preset: str, **settings: Any) -> AttackConfig:
+        """The training attack named ``preset`` in :data:`ATTACK_PRESETS` (``"fast"`` or
+        ``"standard"``), with ``settings`` (``eps`` and any other field but ``name``) on top.
+
+        :raises ConfigError: an unknown preset, or a ``name`` given with it.
+        """
+        if not isinstance(preset, str) or preset.strip().lower() not in ATTACK_PRESETS:
+            raise _fail(
+                "attack", "preset", preset, f"choose one of {', '.join(ATTACK_PRESETS)}."
+            )
+        if "name" in settings:
+            raise _fail(
+                "attack",
+                "name",
+                settings["name"],
+                f"preset {preset!r} already names the attack; give name or preset, not both.",
+            )
+        return cls(**{**ATTACK_PRESETS[preset.strip().lower()], **settings})
 
     @property
     def step_size(self) -> float:
@@ -368,6 +398,8 @@ def _section_from_dict(name: str, cls: type, data: Any) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"[atmc.{name}] must be a table of settings, got {data!r}.")
     names = {f.name for f in dataclasses.fields(cls) if f.name != "layer_filter"}
+    if cls is AttackConfig:
+        names.add("preset")
     for key in data:
         if key not in names:
             raise ConfigError(
@@ -378,6 +410,8 @@ def _section_from_dict(name: str, cls: type, data: Any) -> Any:
     for key in ("mean", "std", "include", "exclude"):
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
+    if "preset" in kwargs:
+        return AttackConfig.preset(kwargs.pop("preset"), **kwargs)
     return cls(**kwargs)
 
 

@@ -23,7 +23,7 @@ from neural_compressor.torch.quantization import (
     quantize,
 )
 
-from atmc_plugin import ConfigError, InputError
+from atmc_plugin import AttackConfig, ConfigError, InputError
 
 
 @pytest.fixture(autouse=True)
@@ -348,3 +348,10 @@ def test_rtn_with_no_linear_to_pack_is_refused() -> None:
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten())
     with pytest.raises(ConfigError, match=r'packs nn.Linear layers only.*backend = "pt2e"'):
         prepare(model, ATMCQuantConfig(bits=4))
+
+
+def test_incs_attack_setting_takes_the_fast_preset() -> None:
+    attack = ATMCQuantConfig(bits=8, attack="fast", eps=0.05).to_atmc(["1"]).attack
+    assert attack == AttackConfig(name="nfgsm", eps=0.05)
+    standard = ATMCQuantConfig(bits=8, attack="standard", eps=0.05).to_atmc(["1"]).attack
+    assert standard is not None and (standard.name, standard.steps) == ("pgd", 7)

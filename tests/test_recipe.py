@@ -40,6 +40,7 @@ def test_example_recipes_validate() -> None:
         ("[model]\nname='mlp'\n[data]\ndataset='cifar10'\n", ["[data] path", "data_batch"]),
         ("[model]\nname='mlp'\n[atmc.constraint]\ndensity=2\n", ["[atmc]", "density = 2"]),
         ("[model]\nname='mlp'\n[eval]\npreset='strong'\n", ["[eval] preset = 'strong'"]),
+        ("[model]\nname='mlp'\n[atmc.attack]\npreset='fastest'\n", ["preset = 'fastest'", "fast"]),
         ("[model\nname='mlp'\n", ["not a valid TOML file"]),
     ],
 )
@@ -88,6 +89,14 @@ def test_tool_sections_are_checked_by_their_adapters(
     assert str(path) in message
     for needle in needles:
         assert needle in message
+
+
+def test_an_attack_preset_in_a_recipe_is_the_attack_it_names(tmp_path: Path) -> None:
+    recipe = load_recipe(
+        write(tmp_path, "[model]\nname='mlp'\n[atmc.attack]\npreset='fast'\neps=0.1\n")
+    )
+    assert recipe.atmc.attack is not None
+    assert (recipe.atmc.attack.name, recipe.atmc.attack.eps) == ("nfgsm", 0.1)
 
 
 def test_missing_recipe_file(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from atmc_plugin import (  # noqa: E402
     ConfigError,
     ConstraintConfig,
 )
+from atmc_plugin.config import ATTACK_PRESETS  # noqa: E402
 from atmc_plugin.errors import did_you_mean  # noqa: E402
 
 ALGO_NAME = "atmc"
@@ -68,7 +69,7 @@ class ATMCQuantConfig(TorchBaseConfig):
         budget is at its target from the first step and ATMC warns once;
         ``session_of(model).set_total_steps(n)`` inside ``run_fn`` works too.
     :param attack: training attack (``pgd``, ``fgsm``, ``ffgsm``, ``nfgsm``, ``tpgd`` or a
-        plugin's).
+        plugin's), or a preset: ``"fast"`` (N-FGSM, guarded) or ``"standard"`` (PGD-7).
     :param eps: l_inf radius in [0, 1] pixel units.
     :param steps: attack iterations.
     :param alpha: attack step (0 = the attack's default, see :class:`atmc_plugin.AttackConfig`).
@@ -237,16 +238,23 @@ class ATMCQuantConfig(TorchBaseConfig):
         self.validate()
         return self._atmc_config(op_names)
 
+    def _attack_config(self) -> AttackConfig:
+        """``attack`` is an attack name or a preset of :data:`atmc_plugin.config.ATTACK_PRESETS`
+        (``"fast"``, ``"standard"``); the other attack settings apply on top of either."""
+        settings: dict[str, Any] = {
+            "eps": self.eps,
+            "steps": self.steps,
+            "alpha": self.alpha or None,
+            "noise": self.noise or None,
+        }
+        if isinstance(self.attack, str) and self.attack.strip().lower() in ATTACK_PRESETS:
+            return AttackConfig.preset(self.attack, **settings)
+        return AttackConfig(name=self.attack, **settings)
+
     def _atmc_config(self, op_names: list[str]) -> ATMCConfig:
         group = self.group_size
         return ATMCConfig(
-            attack=AttackConfig(
-                name=self.attack,
-                eps=self.eps,
-                steps=self.steps,
-                alpha=self.alpha or None,
-                noise=self.noise or None,
-            ),
+            attack=self._attack_config(),
             constraint=ConstraintConfig(
                 density=None if self.density >= 1.0 else self.density,
                 bits=self.bits,
