@@ -194,9 +194,7 @@ class AttackConfig:
         :raises ConfigError: an unknown preset, or a ``name`` given with it.
         """
         if not isinstance(preset, str) or preset.strip().lower() not in ATTACK_PRESETS:
-            raise _fail(
-                "attack", "preset", preset, f"choose one of {', '.join(ATTACK_PRESETS)}."
-            )
+            raise _fail("attack", "preset", preset, f"choose one of {', '.join(ATTACK_PRESETS)}.")
         if "name" in settings:
             raise _fail(
                 "attack",

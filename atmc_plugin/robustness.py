@@ -23,6 +23,7 @@ auto-attack's flags: see ``docs/robustness.md``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import time
 import warnings
@@ -241,6 +242,7 @@ def evaluate(
     cascade: bool = False,
     on_progress: Callable[[EvalProgress], None] | None = None,
     label: str = "evaluate",
+    channels_last: bool = True,
 ) -> RobustnessReport:
     """Clean and robust accuracy of ``model`` under l_inf attacks of radius ``eps``.
 
@@ -256,6 +258,10 @@ def evaluate(
     :param on_progress: called with an :class:`EvalProgress` after each attack on each batch
         (the ``atmc`` command logs one line per attack from it).
     :param label: the progress bar's name for the model (with ``progress``).
+    :param channels_last: attack a ``channels_last`` copy of a model with 2-D convolutions
+        when the inputs are images (N, C, H, W): the same function, about 1.3-2x faster
+        convolutions on CPU and tensor-core GPUs; ``False`` attacks the model as it is. The
+        model itself is never converted.
     """
     if preset not in PRESETS:
         raise ConfigError(f"preset = {preset!r}: choose one of {', '.join(PRESETS)}.")
@@ -282,6 +288,7 @@ def evaluate(
     grad_samples: list[Tensor] = []
     started = time.perf_counter()
     n_batches = _count_batches(data, batch_size)
+    images_last = False
     with torch.random.fork_rng(devices=devices), preserved_modes(model, target):
         _to_eval(target)
         batches = _batches(data, batch_size)
@@ -295,6 +302,10 @@ def evaluate(
         for index, batch in enumerate(batches, start=1):
             x, y = _check_batch(batch, total)
             x, y = x.to(model_device(target)), y.to(model_device(target))
+            if index == 1 and channels_last:
+                target, images_last = _channels_last(target, x)
+            if images_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             try:
                 with torch.no_grad():
                     logits = target(x)
@@ -392,6 +403,19 @@ def eps_sweep(
         if r.eps >= 0.5 and r.robust > 0:
             _warn(f"robust accuracy {r.robust:.4f} at eps {r.eps:g} should be 0: gradient masking")
     return reports
+
+
+def _channels_last(target: nn.Module, x: Tensor) -> tuple[nn.Module, bool]:
+    """A ``channels_last`` copy of ``target`` and ``True``, or ``target`` and ``False`` when
+    the inputs are not images, it has no 2-D convolution or it cannot be copied."""
+    if x.dim() != 4 or not any(isinstance(m, nn.Conv2d) for m in target.modules()):
+        return target, False
+    try:
+        fast = copy.deepcopy(target).to(memory_format=torch.channels_last)
+    except (RuntimeError, TypeError, NotImplementedError):  # modules that refuse copying
+        return target, False
+    _to_eval(fast)
+    return fast, True
 
 
 def _to_eval(model: nn.Module) -> None:

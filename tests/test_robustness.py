@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import ClassVar
 
 import pytest
 import torch
@@ -29,6 +30,52 @@ def test_quick_evaluation_keeps_rng_modes_and_weights(tiny_model) -> None:
     assert report.n == 24 and 0 <= report.robust <= report.clean <= 1
     assert report.robust <= min(report.per_attack.values())
     assert "pgd20x2" in report.per_attack and "eps 0.1" in str(report)
+
+
+class _LayoutSpy(nn.Module):
+    """A small CNN that records, in a list its copies share, whether its inputs arrive in
+    ``channels_last`` and whether its convolution's weight is stored that way."""
+
+    seen: ClassVar[list[tuple[bool, bool]]] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = torch.channels_last
+        _LayoutSpy.seen.append(
+            (
+                x.is_contiguous(memory_format=last),
+                self.conv.weight.is_contiguous(memory_format=last),
+            )
+        )
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_images_are_attacked_on_a_channels_last_copy_and_the_model_is_left_as_it_was() -> None:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(24, 3, 8, 8, generator=g), torch.randint(0, 10, (24,), generator=g)
+    torch.manual_seed(0)
+    model = _LayoutSpy().eval()
+    reports = {}
+    for layout in (False, True):
+        _LayoutSpy.seen.clear()
+        torch.manual_seed(5)
+        reports[layout] = evaluate(model, (x, y), eps=0.1, channels_last=layout)
+        assert set(_LayoutSpy.seen) == {(layout, layout)}
+    assert model.conv.weight.is_contiguous()  # the user's model is not converted
+    assert reports[True].clean == reports[False].clean
+    assert abs(reports[True].robust - reports[False].robust) <= 1 / 24  # float rounding only
+
+
+def test_non_image_inputs_are_attacked_as_they_are() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 10)).eval()
+    x = torch.rand(12, 16)
+    report = evaluate(model, (x, torch.randint(0, 10, (12,))), eps=0.1)
+    assert report.n == 12
 
 
 def test_progress_is_reported_after_each_attack_on_each_batch(tiny_model) -> None:
