@@ -411,7 +411,8 @@ def _channels_last(target: nn.Module, x: Tensor) -> tuple[nn.Module, bool]:
     if x.dim() != 4 or not any(isinstance(m, nn.Conv2d) for m in target.modules()):
         return target, False
     try:
-        fast = copy.deepcopy(target).to(memory_format=torch.channels_last)
+        fast = copy.deepcopy(target)
+        fast.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     except (RuntimeError, TypeError, NotImplementedError):  # modules that refuse copying
         return target, False
     _to_eval(fast)
