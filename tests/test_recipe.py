@@ -41,6 +41,7 @@ def test_example_recipes_validate() -> None:
         ("[model]\nname='mlp'\n[atmc.constraint]\ndensity=2\n", ["[atmc]", "density = 2"]),
         ("[model]\nname='mlp'\n[eval]\npreset='strong'\n", ["[eval] preset = 'strong'"]),
         ("[model]\nname='mlp'\n[atmc.attack]\npreset='fastest'\n", ["preset = 'fastest'", "fast"]),
+        ("[model]\nname='mlp'\n[eval]\nchannels_last='yes'\n", ["[eval] channels_last = 'yes'"]),
         ("[model\nname='mlp'\n", ["not a valid TOML file"]),
     ],
 )

@@ -44,6 +44,7 @@ def evaluate_pair(
                 progress=progress,
                 on_progress=_eval_logger(name),
                 cascade=recipe.cascade,
+                channels_last=recipe.channels_last,
                 label=name,
             )
         seconds = time.perf_counter() - started

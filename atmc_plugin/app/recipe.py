@@ -32,7 +32,8 @@ Sections (all but ``[model]`` optional)::
              (see atmc_plugin.guard)
     [eval]   preset ("quick" | "standard"), eps, limit, latency_batch, compiled_latency,
              cascade (default true: each attack only on the points still robust; the same
-             worst case, per-attack columns cumulative; false: every attack on every point)
+             worst case, per-attack columns cumulative; false: every attack on every point),
+             channels_last (default true: CNNs on images are attacked in channels_last)
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ class Recipe:
     latency_batch: int
     compiled_latency: bool
     cascade: bool
+    channels_last: bool = True
 
     @property
     def stages(self) -> tuple[tuple[str, int], ...]:
@@ -227,7 +229,15 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         path,
         "eval",
         raw.get("eval"),
-        ("preset", "eps", "limit", "latency_batch", "compiled_latency", "cascade"),
+        (
+            "preset",
+            "eps",
+            "limit",
+            "latency_batch",
+            "compiled_latency",
+            "cascade",
+            "channels_last",
+        ),
     )
 
     data_factory = data.string("factory", "") if "factory" in data.data else None
@@ -311,6 +321,7 @@ def recipe_from_dict(raw: Mapping[str, Any], path: Path) -> Recipe:
         latency_batch=ev.integer("latency_batch", 256, low=1),
         compiled_latency=ev.boolean("compiled_latency", True),
         cascade=ev.boolean("cascade", True),
+        channels_last=ev.boolean("channels_last", True),
     )
 
 
