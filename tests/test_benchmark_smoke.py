@@ -70,9 +70,11 @@ def test_fast_benchmark_pipeline(tmp_path) -> None:
     rows = {r["attack"]: r for r in result["rows"]}
     assert set(rows) == {"pgd7", "ffgsm", "nfgsm"}
     assert rows["pgd7"]["time_ratio"]["mean"] == 1.0 and rows["pgd7"]["passes_per_step"] == 9
-    assert rows["nfgsm"]["passes_per_step"] == 3 and rows["nfgsm"]["guard_seconds"]["mean"] > 0
+    assert rows["nfgsm"]["passes_per_step"] == 3
     lines = (tmp_path / "fast_robust_compression.runs.jsonl").read_text().splitlines()
     runs = [json.loads(line) for line in lines]
+    assert all(r["guard"]["seconds"] > 0 for r in runs if r["attack"] != "pgd7")
+    assert all(r["threads"] == 1 and r["train_cpu_seconds"] > 0 for r in runs)
     assert {r["attack"]: r["guard"] is None for r in runs} == {
         "pgd7": True,
         "ffgsm": False,
@@ -82,3 +84,51 @@ def test_fast_benchmark_pipeline(tmp_path) -> None:
         "| ATMC 4-bit | 0.01 | nfgsm | 3 |" in (tmp_path / "fast_robust_compression.md").read_text()
     )
     assert (tmp_path / "fast_robust_compression.png").stat().st_size > 0
+
+
+def _fast_module(monkeypatch):
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    path = SCRIPT.with_name("fast_robust_compression.py")
+    spec = importlib.util.spec_from_file_location("fast_robust_compression", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_fast_summary_ratios_cpu_time_and_drops_the_wall_clocks_of_stopped_runs(
+    monkeypatch,
+) -> None:
+    bench = _fast_module(monkeypatch)
+
+    def run(attack: str, seed: int, wall: float, cpu: float) -> dict:
+        guard = None if attack == "pgd7" else {"seconds": wall / 10, "fired": []}
+        return {
+            "method": "ATMC 4-bit",
+            "target_ratio": 0.01,
+            "attack": attack,
+            "seed": seed,
+            "threads": 1,
+            "train_seconds": wall,
+            "train_cpu_seconds": cpu,
+            "ensemble": 0.8,
+            "clean": 0.99,
+            "pgd20": 0.82,
+            "size_ratio": 0.01,
+            "guard": guard,
+        }
+
+    runs = [
+        run("pgd7", 0, 100.0, 100.0),
+        run("nfgsm", 0, 60.0, 50.0),
+        run("pgd7", 1, 110.0, 100.0),
+        run("nfgsm", 1, 650.0, 60.0),  # stopped for ten minutes: its wall clocks mean nothing
+    ]
+    rows = {r["attack"]: r for r in bench.summarize(runs)}
+    assert rows["nfgsm"]["time_ratio"]["mean"] == pytest.approx(0.55)  # CPU: 0.5 and 0.6
+    assert rows["nfgsm"]["train_seconds"]["mean"] == pytest.approx(60.0)  # seed 1 left out
+    assert rows["nfgsm"]["guard_seconds"]["mean"] == pytest.approx(6.0)
+    assert rows["nfgsm"]["train_cpu_seconds"]["mean"] == pytest.approx(55.0)

@@ -43,5 +43,10 @@ def test_tables_come_from_the_run_and_are_spliced_between_markers(tmp_path, figu
     assert "stale" not in text and table in text and text.endswith("end\n")
     rows = figures_module.recipes_table({"digits_tp_inc": row})
     assert "`digits_tp_inc.toml` (default)" in rows
+    assert f"({row['date']}, {row['cpu']}, OMP_NUM_THREADS=1," in rows
+    older = {**row, "cpu": None, "machine": "x86_64 Linux, 2 threads"}
+    mixed = figures_module.recipes_table({"digits_tp_inc": row, "digits_tp": older})
+    assert "on different machines" in mixed and f"`digits_tp_inc` on {row['cpu']}" in mixed
+    assert "`digits_tp` on x86_64 Linux, 2 threads (CPU model not recorded)" in mixed
     with pytest.raises(SystemExit, match="no <!-- recipes:begin -->"):
         figures_module.splice(readme, "recipes", rows)
