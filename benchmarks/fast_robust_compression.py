@@ -38,8 +38,6 @@ import argparse
 import copy
 import json
 import logging
-import os
-import platform
 import statistics
 import sys
 import time
@@ -52,6 +50,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 import robust_compression as rc
+from recipe_figures import cpu_model
 
 from atmc_plugin import AttackConfig, OverfitGuard, evaluate
 from atmc_plugin.app.datasets import load_digits
@@ -357,8 +356,7 @@ def main() -> None:
     runs = _read(runs_path)
     rows = summarize(runs)
     meta = {
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, {args.threads} threads, "
-        f"torch {torch.__version__}",
+        "machine": f"{cpu_model()}, {_threads(runs, args.threads)}, torch {torch.__version__}",
         "pretrain_epochs": args.pretrain_epochs,
         "epochs": args.epochs,
         "finetune": args.finetune,
@@ -371,6 +369,12 @@ def main() -> None:
     (out / f"{NAME}.md").write_text(markdown(rows, meta))
     plot(rows, out / f"{NAME}.png")
     log.info("wrote %s", out / f"{NAME}.md")
+
+
+def _threads(runs: list[dict[str, Any]], default: int) -> str:
+    counts = sorted({int(r.get("threads", default)) for r in runs}) or [default]
+    per = "/".join(str(c) for c in counts)
+    return f"{per} thread{'s' if counts != [1] else ''} per process"
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
