@@ -240,9 +240,10 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         f"Digits CNN, l_inf eps {rc.EPS}; {meta['pretrain_epochs']} epochs of PGD-7 "
         f"pre-training per seed, then {meta['epochs']} epochs per row; {meta['machine']}; "
-        f"{meta['wall_seconds']:.0f} s for the {meta['runs']} rows (training and evaluation, "
-        "pre-training not counted). Ensemble: worst case of the "
-        "standard preset (PGD-20 x5, APGD-CE, APGD-DLR x5, APGD-T, FAB-T, Square 5000) as a "
+        f"{meta['wall_seconds']:.0f} s summed over the {meta['runs']} rows (training and "
+        "evaluation, pre-training not counted; workers running at once each count). "
+        "Ensemble: worst case of the standard preset (PGD-20 x5, APGD-CE, APGD-DLR x5, "
+        "APGD-T, FAB-T, Square 5000) as a "
         "cascade. Time ratio: training CPU seconds of a single-threaded process (wall seconds "
         "otherwise) / the PGD-7 row's (same method, ratio, seed, same process). Train s and guard "
         "s are wall clocks, left out for a single-threaded run whose wall time exceeds 1.5x its "
