@@ -261,7 +261,8 @@ def evaluate(
     :param channels_last: attack a ``channels_last`` copy of a model with 2-D convolutions
         when the inputs are images (N, C, H, W): the same function with faster convolutions
         (the ``standard`` preset took 1.31x less CPU time on the digits CNN; not measured on a
-        GPU); ``False`` attacks the model as it is. The model itself is never converted.
+        GPU); ``False`` attacks the model as it is. The model itself is never converted; the
+        copy holds a second set of weights while the evaluation runs.
     """
     if preset not in PRESETS:
         raise ConfigError(f"preset = {preset!r}: choose one of {', '.join(PRESETS)}.")
