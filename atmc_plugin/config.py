@@ -55,6 +55,12 @@ SCALE_RULES = ("rtn", "pt2e")
 LayerFilter = Callable[[nn.Module, str], bool]
 
 
+def preset_key(value: Any) -> str | None:
+    """The :data:`ATTACK_PRESETS` key ``value`` names (any case, spaces around), else ``None``."""
+    key = value.strip().lower() if isinstance(value, str) else None
+    return key if key in ATTACK_PRESETS else None
+
+
 def _fail(section: str, name: str, value: Any, fix: str) -> ConfigError:
     return ConfigError(f"{section}.{name} = {value!r} is invalid: {fix}")
 
@@ -193,7 +199,8 @@ class AttackConfig:
 
         :raises ConfigError: an unknown preset, or a ``name`` given with it.
         """
-        if not isinstance(preset, str) or preset.strip().lower() not in ATTACK_PRESETS:
+        key = preset_key(preset)
+        if key is None:
             raise _fail("attack", "preset", preset, f"choose one of {', '.join(ATTACK_PRESETS)}.")
         if "name" in settings:
             raise _fail(
@@ -202,7 +209,7 @@ class AttackConfig:
                 settings["name"],
                 f"preset {preset!r} already names the attack; give name or preset, not both.",
             )
-        return cls(**{**ATTACK_PRESETS[preset.strip().lower()], **settings})
+        return cls(**{**ATTACK_PRESETS[key], **settings})
 
     @property
     def step_size(self) -> float:

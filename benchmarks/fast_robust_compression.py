@@ -208,9 +208,7 @@ def _ran_alone(run: dict[str, Any]) -> bool:
     multi-threaded run; for a single-threaded one, when its training wall time is within 1.5x
     its CPU time (a process stopped or starved for a while, by a paused benchmark or a test
     suite sharing the machine, is far above it). Its CPU time and figures stay valid."""
-    if run.get("threads") != 1 or "train_cpu_seconds" not in run:
-        return True
-    return float(run["train_seconds"]) <= 1.5 * float(run["train_cpu_seconds"])
+    return float(run["train_seconds"]) <= 1.5 * _train_cost(run)
 
 
 def _train_cost(run: dict[str, Any]) -> float:

@@ -36,7 +36,7 @@ from atmc_plugin import (  # noqa: E402
     ConfigError,
     ConstraintConfig,
 )
-from atmc_plugin.config import ATTACK_PRESETS  # noqa: E402
+from atmc_plugin.config import preset_key  # noqa: E402
 from atmc_plugin.errors import did_you_mean  # noqa: E402
 
 ALGO_NAME = "atmc"
@@ -247,7 +247,7 @@ class ATMCQuantConfig(TorchBaseConfig):
             "alpha": self.alpha or None,
             "noise": self.noise or None,
         }
-        if isinstance(self.attack, str) and self.attack.strip().lower() in ATTACK_PRESETS:
+        if preset_key(self.attack) is not None:
             return AttackConfig.preset(self.attack, **settings)
         return AttackConfig(name=self.attack, **settings)
 
