@@ -132,3 +132,38 @@ def test_fast_summary_ratios_cpu_time_and_drops_the_wall_clocks_of_stopped_runs(
     assert rows["nfgsm"]["train_seconds"]["mean"] == pytest.approx(60.0)  # seed 1 left out
     assert rows["nfgsm"]["guard_seconds"]["mean"] == pytest.approx(6.0)
     assert rows["nfgsm"]["train_cpu_seconds"]["mean"] == pytest.approx(55.0)
+
+
+def test_evaluation_cost_splits_the_cpu_time_by_attack(tmp_path) -> None:
+    """Every attack of the ensemble gets CPU seconds and a count of points left; the cascade's
+    counts never rise; a bad weights file is refused with the fix and writes nothing."""
+    import torch
+
+    from atmc_plugin.app.models import DigitsCNN
+
+    torch.manual_seed(0)
+    weights, out = tmp_path / "w.pt", tmp_path / "cost.json"
+    torch.save(DigitsCNN(width=8).state_dict(), weights)
+    script = SCRIPT.with_name("evaluation_cost.py")
+    cmd = [sys.executable, str(script), "--weights", str(weights), "--width", "8"]
+    cmd += ["--points", "24", "--out", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=1800)
+    result = json.loads(out.read_text())
+    attacks = result["attacks"]
+    assert list(attacks) == ["pgd20x5", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square"]
+    assert all(a["cpu_seconds"] > 0 for a in attacks.values())
+    assert abs(sum(a["share"] for a in attacks.values()) - 1) < 1e-9
+    left = [a["robust_after"] for a in attacks.values()]
+    assert left == sorted(left, reverse=True) and left[-1] == round(result["robust"] * 24)
+    assert result["threads"] == 1 and result["machine"]
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    broken = subprocess.run(
+        [*cmd[:2], "--weights", str(bad), "--out", str(tmp_path / "none.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert broken.returncode != 0 and "torch.save(model.state_dict(), path)" in broken.stderr
+    assert not (tmp_path / "none.json").exists()
