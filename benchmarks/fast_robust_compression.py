@@ -359,7 +359,7 @@ def main() -> None:
         "pretrain_epochs": args.pretrain_epochs,
         "epochs": args.epochs,
         "finetune": args.finetune,
-        "seeds": args.seeds,
+        "seeds": sorted({int(r["seed"]) for r in runs}),  # the seeds with rows, not those asked
         "runs": len(runs),
         "wall_seconds": sum(r["seconds"] for r in runs),  # summed over rows
         "date": time.strftime("%Y-%m-%d"),

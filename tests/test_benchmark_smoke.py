@@ -134,6 +134,37 @@ def test_fast_summary_ratios_cpu_time_and_drops_the_wall_clocks_of_stopped_runs(
     assert rows["nfgsm"]["train_cpu_seconds"]["mean"] == pytest.approx(55.0)
 
 
+def test_fast_summary_names_the_seeds_it_holds_not_those_asked(tmp_path) -> None:
+    """A partial run (seeds 0 and 2 of the default 0, 1, 2) says which seeds its rows are from."""
+    runs = tmp_path / "fast_robust_compression.runs.jsonl"
+    rows = [
+        {
+            "method": "ATMC 4-bit",
+            "target_ratio": 0.01,
+            "attack": attack,
+            "seed": seed,
+            "threads": 1,
+            "seconds": 100.0,
+            "train_seconds": 60.0,
+            "train_cpu_seconds": 60.0 if attack == "nfgsm" else 100.0,
+            "passes_per_step": 3 if attack == "nfgsm" else 9,
+            "ensemble": 0.8,
+            "clean": 0.99,
+            "pgd20": 0.82,
+            "size_ratio": 0.01,
+            "guard": None if attack == "pgd7" else {"seconds": 5.0, "fired": []},
+        }
+        for seed in (0, 2)
+        for attack in ("pgd7", "nfgsm")
+    ]
+    runs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = SCRIPT.with_name("fast_robust_compression.py")
+    cmd = [sys.executable, str(script), "--summarize", "--out", str(tmp_path), "--threads", "1"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    meta = json.loads((tmp_path / "fast_robust_compression.json").read_text())["meta"]
+    assert meta["seeds"] == [0, 2] and meta["runs"] == 4
+
+
 def test_evaluation_cost_splits_the_cpu_time_by_attack(tmp_path) -> None:
     """Every attack of the ensemble gets CPU seconds and a count of points left; the cascade's
     counts never rise; a bad weights file is refused with the fix and writes nothing."""
