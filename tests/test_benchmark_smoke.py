@@ -99,33 +99,35 @@ def _fast_module(monkeypatch):
     return bench
 
 
+def _fast_run(attack: str, seed: int, wall: float = 60.0, cpu: float = 60.0) -> dict:
+    """One row of ``fast_robust_compression.runs.jsonl`` as the benchmark writes it."""
+    return {
+        "method": "ATMC 4-bit",
+        "target_ratio": 0.01,
+        "attack": attack,
+        "seed": seed,
+        "threads": 1,
+        "seconds": wall + 40.0,
+        "train_seconds": wall,
+        "train_cpu_seconds": cpu,
+        "passes_per_step": 9 if attack == "pgd7" else 3,
+        "ensemble": 0.8,
+        "clean": 0.99,
+        "pgd20": 0.82,
+        "size_ratio": 0.01,
+        "guard": None if attack == "pgd7" else {"seconds": wall / 10, "fired": []},
+    }
+
+
 def test_fast_summary_ratios_cpu_time_and_drops_the_wall_clocks_of_stopped_runs(
     monkeypatch,
 ) -> None:
     bench = _fast_module(monkeypatch)
-
-    def run(attack: str, seed: int, wall: float, cpu: float) -> dict:
-        guard = None if attack == "pgd7" else {"seconds": wall / 10, "fired": []}
-        return {
-            "method": "ATMC 4-bit",
-            "target_ratio": 0.01,
-            "attack": attack,
-            "seed": seed,
-            "threads": 1,
-            "train_seconds": wall,
-            "train_cpu_seconds": cpu,
-            "ensemble": 0.8,
-            "clean": 0.99,
-            "pgd20": 0.82,
-            "size_ratio": 0.01,
-            "guard": guard,
-        }
-
     runs = [
-        run("pgd7", 0, 100.0, 100.0),
-        run("nfgsm", 0, 60.0, 50.0),
-        run("pgd7", 1, 110.0, 100.0),
-        run("nfgsm", 1, 650.0, 60.0),  # stopped for ten minutes: its wall clocks mean nothing
+        _fast_run("pgd7", 0, 100.0, 100.0),
+        _fast_run("nfgsm", 0, 60.0, 50.0),
+        _fast_run("pgd7", 1, 110.0, 100.0),
+        _fast_run("nfgsm", 1, 650.0, 60.0),  # stopped for ten minutes: its wall clocks mean nothing
     ]
     rows = {r["attack"]: r for r in bench.summarize(runs)}
     assert rows["nfgsm"]["time_ratio"]["mean"] == pytest.approx(0.55)  # CPU: 0.5 and 0.6
@@ -138,22 +140,7 @@ def test_fast_summary_names_the_seeds_it_holds_not_those_asked(tmp_path) -> None
     """A partial run (seeds 0 and 2 of the default 0, 1, 2) says which seeds its rows are from."""
     runs = tmp_path / "fast_robust_compression.runs.jsonl"
     rows = [
-        {
-            "method": "ATMC 4-bit",
-            "target_ratio": 0.01,
-            "attack": attack,
-            "seed": seed,
-            "threads": 1,
-            "seconds": 100.0,
-            "train_seconds": 60.0,
-            "train_cpu_seconds": 60.0 if attack == "nfgsm" else 100.0,
-            "passes_per_step": 3 if attack == "nfgsm" else 9,
-            "ensemble": 0.8,
-            "clean": 0.99,
-            "pgd20": 0.82,
-            "size_ratio": 0.01,
-            "guard": None if attack == "pgd7" else {"seconds": 5.0, "fired": []},
-        }
+        _fast_run(attack, seed, cpu=60.0 if attack == "nfgsm" else 100.0)
         for seed in (0, 2)
         for attack in ("pgd7", "nfgsm")
     ]
